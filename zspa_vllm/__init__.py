@@ -1,0 +1,20 @@
+"""zspa-vllm: prompt-aware visual token pruning (ZSPAPrune) for vLLM."""
+
+__version__ = "0.1.0"
+
+_registered = False
+
+
+def register() -> None:
+    """vLLM general-plugin entry point (``vllm.general_plugins``: ``zspa``).
+
+    vLLM calls this in every process it starts; it must be cheap and re-entrant.
+    Imports stay inside so that importing zspa_vllm never imports vLLM.
+    """
+    global _registered
+    if _registered:
+        return
+    from zspa_vllm.compat import check_vllm_version
+
+    check_vllm_version()
+    _registered = True

@@ -1,0 +1,221 @@
+"""ZSPAPrune token selection and its baselines (arXiv 2510.17197). Pure torch, no vLLM.
+
+Contract (docs/algorithm.md has the long form):
+
+  l = num_kept(n, keep_rate) = min(n, max(1, ceil(keep_rate * n)))
+  t = pool(query)                          mean (default) or elementwise max of rows
+  s_j = cos(t, v_j)                        relevance of each visual token
+  core: k = floor(core_ratio * l + 0.5) tokens of highest s   (k = 0: seed with argmax s)
+  diversity: until l are kept, add the unkept token whose maximum cosine to any kept
+             token is smallest
+  return the kept indices, ascending
+
+Methods: "zspa" (the above), "relevance" (k = l: the paper's All-in Task-Relevance
+baseline), "divprune" (DivPrune's prompt-agnostic max-min greedy, seeded with the token
+whose nearest neighbour is farthest). A query with no rows falls back to "divprune".
+
+Numerics: similarities are float32 whatever the input dtype; cos with a zero vector is 0.
+Two similarities within TIE_TOL count as tied and the lower index wins, so exact
+duplicates tie on every device even where the mat-vec rounds them differently.
+
+Cost: one n x d mat-vec per diversity pick, O(n * l * d); no n x n matrix is built,
+except that the DivPrune seed needs every token's nearest neighbour, O(n^2 * d) computed
+in row blocks of bounded memory.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+METHODS = ("zspa", "relevance", "divprune")
+POOLINGS = ("mean", "max")
+
+# Similarities closer than this are ties (broken towards the lower index).
+TIE_TOL = 1e-5
+# Norms below this are treated as zero (the vector's cosine to anything is 0).
+_NORM_EPS = 1e-12
+# Bound on the block of similarities held at once by the DivPrune seed (elements).
+_SEED_BLOCK_ELEMS = 1 << 24
+
+
+def num_kept(n: int, keep_rate: float) -> int:
+    """Number of visual tokens kept out of ``n`` at ``keep_rate`` (0 < keep_rate <= 1).
+
+    ``keep_rate * n`` is rounded to 9 decimals before the ceiling so that products
+    such as 0.07 * 100 = 7.000000000000001 give 7, not 8.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    rate = _check_real("keep_rate", keep_rate)
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
+    return min(n, max(1, math.ceil(round(rate * n, 9))))
+
+
+def select_tokens(
+    visual: torch.Tensor,
+    query: torch.Tensor | None,
+    num_keep: int,
+    core_ratio: float,
+    *,
+    method: str = "zspa",
+    pooling: str = "mean",
+) -> torch.LongTensor:
+    """Indices (ascending, on ``visual``'s device) of the ``num_keep`` tokens to keep.
+
+    visual: (n, d) projected visual tokens of one image.
+    query:  (m, d) embeddings of the prompt's query tokens; None or m = 0 means no query.
+    """
+    order = selection_order(visual, query, num_keep, core_ratio, method=method, pooling=pooling)
+    return torch.sort(order).values
+
+
+def selection_order(
+    visual: torch.Tensor,
+    query: torch.Tensor | None,
+    num_keep: int,
+    core_ratio: float,
+    *,
+    method: str = "zspa",
+    pooling: str = "mean",
+) -> torch.LongTensor:
+    """Like ``select_tokens`` but in the order the tokens were chosen: the core (by
+    descending relevance, ties by index), then each diversity pick in turn."""
+    _check_inputs(visual, query, num_keep, core_ratio, method, pooling)
+    unit = _unit_rows(visual)
+    if query is None or query.shape[0] == 0:
+        method = "divprune"
+
+    if method == "divprune":
+        seed = _most_isolated(unit).reshape(1)
+        return _greedy_max_min(unit, seed, num_keep)
+
+    query = query.to(device=visual.device, dtype=torch.float32)
+    pooled = query.mean(dim=0) if pooling == "mean" else query.amax(dim=0)
+    pooled = pooled / pooled.norm().clamp_min(_NORM_EPS)
+    relevance = unit @ pooled  # (n,)
+
+    if method == "relevance":
+        core_size = num_keep
+    else:
+        core_size = math.floor(core_ratio * num_keep + 0.5)
+    if core_size == 0:
+        return _greedy_max_min(unit, _first_extreme(relevance, largest=True).reshape(1), num_keep)
+    core = _top_k(relevance, core_size)
+    if core_size == num_keep:
+        return core
+    return _greedy_max_min(unit, core, num_keep)
+
+
+def _greedy_max_min(unit: torch.Tensor, chosen: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """Extend ``chosen`` to ``num_keep`` indices: each pick is the unchosen row whose
+    largest cosine to the chosen rows is smallest. Keeps a running max-similarity
+    vector, so each pick costs one (n x d) mat-vec; no host sync inside the loop."""
+    order = torch.empty(num_keep, dtype=torch.long, device=unit.device)
+    order[: chosen.numel()] = chosen
+    if chosen.numel() == num_keep:
+        return order
+    # max cosine of every row to the chosen set; chosen rows are +inf so never re-picked
+    max_sim = torch.amax(unit @ unit[chosen].T, dim=1)
+    max_sim[chosen] = math.inf
+    for i in range(chosen.numel(), num_keep):
+        pick = _first_extreme(max_sim, largest=False)
+        order[i] = pick
+        if i + 1 < num_keep:
+            torch.maximum(max_sim, unit @ unit[pick], out=max_sim)
+            max_sim[pick] = math.inf
+    return order
+
+
+def _most_isolated(unit: torch.Tensor) -> torch.Tensor:
+    """DivPrune's seed: the row whose nearest other row (by cosine) is farthest."""
+    n = unit.shape[0]
+    if n == 1:
+        return torch.zeros((), dtype=torch.long, device=unit.device)
+    nearest = torch.empty(n, dtype=torch.float32, device=unit.device)
+    block = max(1, _SEED_BLOCK_ELEMS // n)
+    for start in range(0, n, block):
+        sims = unit[start : start + block] @ unit.T  # (block, n)
+        rows = torch.arange(sims.shape[0], device=unit.device)
+        sims[rows, rows + start] = -math.inf  # a row is not its own neighbour
+        nearest[start : start + block] = sims.amax(dim=1)
+    return _first_extreme(nearest, largest=False)
+
+
+def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k highest scores in descending order; ties (within TIE_TOL) to lower index."""
+    ranked = torch.sort(scores, descending=True, stable=True)
+    kth = ranked.values[k - 1]
+    surely_in = scores > kth + TIE_TOL
+    tied = (scores >= kth - TIE_TOL) & ~surely_in
+    still_needed = k - surely_in.sum()
+    # the lowest-index tied tokens fill the remaining places
+    take = surely_in | (tied & (torch.cumsum(tied, dim=0) <= still_needed))
+    members = torch.nonzero(take).squeeze(1)
+    # order the members by (score descending, index ascending), treating ties as equal
+    member_scores = scores[members]
+    rank_key = torch.where(tied[members], kth, member_scores)
+    return members[torch.sort(rank_key, descending=True, stable=True).indices]
+
+
+def _first_extreme(scores: torch.Tensor, *, largest: bool) -> torch.Tensor:
+    """Lowest index whose score is within TIE_TOL of the max (or min); 0-d tensor."""
+    if largest:
+        near = scores >= scores.max() - TIE_TOL
+    else:
+        near = scores <= scores.min() + TIE_TOL
+    return torch.argmax(near.to(torch.uint8))  # argmax returns the first maximal index
+
+
+def _unit_rows(visual: torch.Tensor) -> torch.Tensor:
+    rows = visual.to(torch.float32)
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
+
+
+def _check_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def _check_inputs(visual, query, num_keep, core_ratio, method, pooling) -> None:
+    if not isinstance(visual, torch.Tensor) or visual.dim() != 2:
+        shape = tuple(visual.shape) if isinstance(visual, torch.Tensor) else type(visual).__name__
+        raise ValueError(f"visual must be a 2-D (n, d) tensor, got {shape}")
+    n, d = visual.shape
+    if n < 1 or d < 1:
+        raise ValueError(f"visual must have at least one token and one channel, got {tuple(visual.shape)}")
+    if not visual.is_floating_point():
+        raise ValueError(f"visual must be a floating tensor, got dtype {visual.dtype}")
+    if query is not None:
+        if not isinstance(query, torch.Tensor) or query.dim() != 2:
+            shape = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__
+            raise ValueError(f"query must be a 2-D (m, d) tensor or None, got {shape}")
+        if query.shape[1] != d:
+            raise ValueError(
+                f"query width {query.shape[1]} does not match visual width {d} "
+                f"(query {tuple(query.shape)}, visual {tuple(visual.shape)})"
+            )
+        if not query.is_floating_point():
+            raise ValueError(f"query must be a floating tensor, got dtype {query.dtype}")
+        if query.numel() and not bool(torch.isfinite(query).all()):
+            raise ValueError("query contains NaN or infinity")
+    if not bool(torch.isfinite(visual).all()):
+        raise ValueError("visual contains NaN or infinity")
+    if isinstance(num_keep, bool) or not isinstance(num_keep, int):
+        raise ValueError(f"num_keep must be an int, got {num_keep!r}")
+    if not 1 <= num_keep <= n:
+        raise ValueError(f"num_keep must be in [1, n={n}], got {num_keep}")
+    ratio = _check_real("core_ratio", core_ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"core_ratio must be in [0, 1], got {core_ratio!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
