@@ -1,0 +1,612 @@
+#!/usr/bin/env python
+"""Generate the tiny random-weight model fixtures under tests/fixtures/models/.
+
+One folder per architecture family, each loadable by vLLM 0.32 (CPU) and transformers 5.19:
+
+  llava-1.5/    LlavaForConditionalGeneration      (CLIP 336/14 -> 576 image tokens)
+  llava-next/   LlavaNextForConditionalGeneration  (CLIP 336/14, anyres tiling, Mistral LM)
+  qwen2.5-vl/   Qwen2_5_VLForConditionalGeneration (patch 14, merge 2, window attention, M-RoPE)
+
+The geometry (image size, patch size, grid pinpoints, merge size, feature layer ...) is
+that of the real checkpoints; only the widths and depths are tiny. Weights are random,
+initialised by the transformers model's own ``__init__`` under a fixed torch seed, and
+written with the tensor names of the real hub checkpoints (llava-hf/llava-1.5-7b-hf,
+llava-hf/llava-v1.6-mistral-7b-hf, Qwen/Qwen2.5-VL-7B-Instruct). These are NOT real
+models: their outputs are meaningless, but they depend on the image and the text.
+
+The tokenizers are byte-level BPE models trained here on the fixed corpus below (so any
+text encodes), wrapped as transformers fast tokenizers with each family's special tokens.
+The processors are the real processor classes with chat templates in the real models'
+style.
+
+Run:  python scripts/make_fixtures.py [--out tests/fixtures/models] [--only NAME ...]
+Reruns overwrite the folders and produce byte-identical weights for the same torch build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "models"
+
+SEED = 1234
+BPE_VOCAB = 1024  # upper bound for the byte-level BPE vocabulary (this corpus yields ~880)
+DTYPE = "float32"
+MAX_POSITIONS = 32768
+
+# LLM shape shared by all families: hidden 128, 2 layers, 2 heads of 64 (vLLM's CPU
+# attention supports head_dim 64, not 16), 1 KV head, intermediate 256.
+LLM = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=64,
+    max_position_embeddings=MAX_POSITIONS,
+)
+
+# Fixed English corpus the BPE tokenizer is trained on.
+CORPUS = """\
+Describe the image in detail. What is shown in this picture? How many objects are there?
+What color is the large square in the middle of the image? Is there a circle near the top?
+The picture shows a red ball on a green lawn next to a small wooden house with a blue door.
+A cat is sitting on a window sill and looking at the birds in the garden outside.
+Two people are walking along a sandy beach at sunset, and the sky is orange and purple.
+There is a black dog running across the street while a yellow car waits at the light.
+Please answer the question briefly. Answer with a single word. Explain your reasoning.
+Which animal is on the left side? What is written on the sign? Where was this photo taken?
+The chart shows the number of visitors per month; the highest value is in July.
+A table holds three cups of coffee, a plate of cookies, and an open book about history.
+Mountains rise behind a quiet lake, and a boat with white sails floats near the shore.
+Read the text in the image and summarize it in one sentence for a young reader.
+Count the people in the room. Is anyone wearing a hat? What time does the clock show?
+The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.
+She sells sea shells by the sea shore, and the shells she sells are surely sea shells.
+In the kitchen there is a stove, a fridge, a sink full of dishes, and a window with plants.
+The map marks a river that runs from the northern hills to the southern sea through a city.
+You are a helpful assistant. The user asks a question about an image and you answer it.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 12 16 24 32 64 100 128 256 336 512 576 672 1008 1024.
+Punctuation and symbols: , . ; : ! ? ' " ( ) [ ] { } < > / \\ | - _ + = * & % $ # @ ~ `
+Left, right, top, bottom, center, corner, edge, background, foreground, shadow, light.
+Red, orange, yellow, green, blue, purple, pink, brown, black, white, gray, gold, silver.
+Circle, square, triangle, rectangle, line, dot, stripe, pattern, texture, gradient, noise.
+"""
+
+LLAVA_SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2 as in the Llama tokenizer
+LLAVA_ADDED = ["<image>", "<pad>"]  # appended after the BPE vocabulary, as in llava-hf
+QWEN_ADDED = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Chat templates in the style of the real processors' templates.
+LLAVA15_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}"
+    "{# Render all text next #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+LLAVA_NEXT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% if message['content'] is string %}"
+    "{{ '<<SYS>>\\n' + message['content'] + '\\n<</SYS>>\\n\\n' }}"
+    "{% else %}{{ '<<SYS>>\\n' + message['content'][0]['text'] + '\\n<</SYS>>\\n\\n' }}{% endif %}"
+    "{% elif message['role'] == 'user' %}"
+    "{{ '[INST] ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}"
+    "{# Render all text next #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}"
+    "{% endif %}"
+    "{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if message['content'] is string %}{{ ' ' + message['content'] + '</s>' }}"
+    "{% else %}{{ ' ' + message['content'][0]['text'] + '</s>' }}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+# The Qwen2.5-VL-Instruct template (default system prompt, vision placeholders).
+QWEN25VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Real llava-v1.6 any-resolution grid.
+LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+# Qwen2.5-VL pixel bounds: the real min_pixels; max_pixels capped at 2048 merged tokens
+# per image (the real default, 12845056, allows 16384 and makes vLLM's start-up profile
+# run encode a huge dummy image).
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 2048 * 28 * 28
+
+
+# --------------------------------------------------------------------------- tokenizers
+def _train_bpe(special_tokens: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB,
+        min_frequency=1,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    return tok
+
+
+def make_llava_tokenizer(chat_template: str):
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _train_bpe(LLAVA_SPECIALS)
+    # Like the real Llama tokenizer: a BOS is prepended on encode.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token=None,
+        model_max_length=MAX_POSITIONS,
+        padding_side="left",
+        chat_template=chat_template,
+    )
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    fast.add_special_tokens({"pad_token": "<pad>"})
+    assert [fast.convert_tokens_to_ids(t) for t in LLAVA_SPECIALS] == [0, 1, 2]
+    return fast
+
+
+def make_qwen_tokenizer(chat_template: str):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _train_bpe([])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=MAX_POSITIONS,
+        padding_side="right",
+        chat_template=chat_template,
+    )
+    # Appended in the real order (<|endoftext|> first); the real Qwen2.5-VL tokenizer has
+    # no BOS, eos <|im_end|>, pad <|endoftext|>.
+    fast.add_special_tokens({"additional_special_tokens": QWEN_ADDED})
+    fast.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    return fast
+
+
+def _ids(tokenizer, tokens: list[str]) -> dict[str, int]:
+    out = {t: tokenizer.convert_tokens_to_ids(t) for t in tokens}
+    assert all(isinstance(i, int) and i >= 0 for i in out.values()), out
+    assert len(set(out.values())) == len(out), out
+    return out
+
+
+# --------------------------------------------------------------------------- weights
+def _save_weights(model, out: Path, rename) -> dict[str, tuple[int, ...]]:
+    """Write model.safetensors with tensor names mapped by ``rename`` (transformers 5
+    in-memory names -> real hub checkpoint names)."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        new = rename(name)
+        assert new not in state, new
+        state[new] = tensor.detach().to(torch.float32).contiguous().clone()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return {k: tuple(v.shape) for k, v in sorted(state.items())}
+
+
+def _llava_rename(name: str) -> str:
+    # llava-hf checkpoints (pre transformers 4.52 layout, still the one on the hub):
+    #   language_model.model.*, language_model.lm_head.*, multi_modal_projector.*,
+    #   vision_tower.vision_model.*, image_newline (NeXT)
+    for old, new in (
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+        ("model.vision_tower.", "vision_tower.vision_model."),
+        ("model.image_newline", "image_newline"),
+    ):
+        if name.startswith(old):
+            return new + name[len(old) :]
+    raise KeyError(f"unexpected LLaVA tensor name {name!r}")
+
+
+def _qwen_rename(name: str) -> str:
+    # Qwen/Qwen2.5-VL-7B-Instruct: model.* (LLM), lm_head.*, visual.*
+    for old, new in (
+        ("model.language_model.", "model."),
+        ("model.visual.", "visual."),
+        ("lm_head.", "lm_head."),
+    ):
+        if name.startswith(old):
+            return new + name[len(old) :]
+    raise KeyError(f"unexpected Qwen2.5-VL tensor name {name!r}")
+
+
+# --------------------------------------------------------------------------- families
+def _clip_vision_config():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=1,  # head_dim 64
+        image_size=336,
+        patch_size=14,
+        projection_dim=128,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
+
+
+def _clip_image_processor(**extra):
+    from transformers import CLIPImageProcessor
+
+    # Real openai/clip-vit-large-patch14-336 preprocessing.
+    return CLIPImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        do_resize=True,
+        do_center_crop=True,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+        do_convert_rgb=True,
+        resample=3,
+        **extra,
+    )
+
+
+def build_llava15(out: Path) -> dict:
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = make_llava_tokenizer(LLAVA15_CHAT_TEMPLATE)
+    ids = _ids(tokenizer, ["<s>", "</s>", "<unk>", "<pad>", "<image>"])
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_act="silu",
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
+        tie_word_embeddings=False,
+        **LLM,
+    )
+    text.architectures = ["LlamaForCausalLM"]
+    config = LlavaConfig(
+        vision_config=_clip_vision_config(),
+        text_config=text,
+        image_token_index=ids["<image>"],
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=576,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
+        pad_token_id=ids["<pad>"],
+    )
+    config.architectures = ["LlavaForConditionalGeneration"]
+    processor = LlavaProcessor(
+        image_processor=_clip_image_processor(),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by "default"
+        chat_template=LLAVA15_CHAT_TEMPLATE,
+        image_token="<image>",
+    )
+    notes = [
+        "CLIP ViT 336/14 (hidden 64, 2 layers), vision_feature_layer -2, strategy 'default':"
+        " 576 image tokens for any image size.",
+        "LLM: Llama, hidden 128, 2 layers, 2 heads x 64, 1 KV head.",
+        "Chat: 'USER: <image>\\n{text} ASSISTANT:' (llava-hf style).",
+    ]
+    return _write(
+        out, LlavaForConditionalGeneration, config, processor, _llava_rename, ids, notes
+    )
+
+
+def build_llava_next(out: Path) -> dict:
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+        MistralConfig,
+    )
+
+    tokenizer = make_llava_tokenizer(LLAVA_NEXT_CHAT_TEMPLATE)
+    ids = _ids(tokenizer, ["<s>", "</s>", "<unk>", "<pad>", "<image>"])
+    text = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_act="silu",
+        rms_norm_eps=1e-5,
+        rope_theta=1000000.0,
+        sliding_window=None,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
+        tie_word_embeddings=False,
+        **LLM,
+    )
+    text.architectures = ["MistralForCausalLM"]
+    config = LlavaNextConfig(
+        vision_config=_clip_vision_config(),
+        text_config=text,
+        image_token_index=ids["<image>"],
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+        image_seq_length=576,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
+        pad_token_id=ids["<pad>"],
+    )
+    config.architectures = ["LlavaNextForConditionalGeneration"]
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+        do_resize=True,
+        do_center_crop=True,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+        do_convert_rgb=True,
+        do_pad=True,
+        resample=3,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
+        image_token="<image>",
+    )
+    notes = [
+        "CLIP ViT 336/14 (hidden 64, 2 layers), anyres with the llava-v1.6 grid pinpoints"
+        f" {LLAVA_NEXT_PINPOINTS} and image_newline: token count depends on image size.",
+        "LLM: Mistral, hidden 128, 2 layers, 2 heads x 64, 1 KV head.",
+        "Chat: '[INST] <image>\\n{text} [/INST]' (llava-v1.6-mistral style).",
+    ]
+    return _write(
+        out, LlavaNextForConditionalGeneration, config, processor, _llava_rename, ids, notes
+    )
+
+
+def build_qwen25vl(out: Path) -> dict:
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = make_qwen_tokenizer(QWEN25VL_CHAT_TEMPLATE)
+    ids = _ids(tokenizer, QWEN_ADDED)
+    head_dim = LLM["head_dim"]
+    # Real 7B: head_dim 128, mrope_section [16, 24, 24] (sum 64 = head_dim / 2).
+    mrope_section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
+    assert sum(mrope_section) == head_dim // 2
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": mrope_section,
+        },
+        use_sliding_window=False,
+        sliding_window=32768,
+        max_window_layers=LLM["num_hidden_layers"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+        **LLM,
+    )
+    vision_config = dict(
+        depth=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=1,  # head_dim 64
+        in_channels=3,
+        hidden_act="silu",
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[1],  # layer 0 windowed, layer 1 full (real: every 8th)
+        out_hidden_size=LLM["hidden_size"],
+        tokens_per_second=2,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    mean = [0.48145466, 0.4578275, 0.40821073]
+    std = [0.26862954, 0.26130258, 0.27577711]
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=QWEN_MIN_PIXELS,
+        max_pixels=QWEN_MAX_PIXELS,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=mean,
+        image_std=std,
+    )
+    video_processor = Qwen2VLVideoProcessor(
+        min_pixels=QWEN_MIN_PIXELS,
+        max_pixels=QWEN_MAX_PIXELS,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=mean,
+        image_std=std,
+    )
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN25VL_CHAT_TEMPLATE,
+    )
+    notes = [
+        "ViT patch 14, temporal patch 2, spatial merge 2 (one token per 28x28 pixels),"
+        " window 112 with full attention in block 1 (hidden 64, 2 blocks).",
+        f"min_pixels {QWEN_MIN_PIXELS} (real); max_pixels {QWEN_MAX_PIXELS} (2048 tokens;"
+        " the real 12845056 would make vLLM's start-up profile encode a huge dummy image).",
+        f"LLM: hidden 128, 2 layers, 2 heads x 64, 1 KV head, M-RoPE section {mrope_section}.",
+        "Chat: Qwen2.5-VL-Instruct template, default system prompt 'You are a helpful"
+        " assistant.'",
+    ]
+    return _write(
+        out, Qwen2_5_VLForConditionalGeneration, config, processor, _qwen_rename, ids, notes
+    )
+
+
+# --------------------------------------------------------------------------- writing
+def _write(out: Path, model_cls, config, processor, rename, ids, notes: list[str]) -> dict:
+    from transformers import GenerationConfig
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    config.dtype = DTYPE
+    torch.manual_seed(SEED)
+    with torch.device("cpu"):
+        model = model_cls(config).to(torch.float32).eval()
+    shapes = _save_weights(model, out, rename)
+    config.save_pretrained(out)
+    processor.save_pretrained(out)
+    gen = GenerationConfig(
+        bos_token_id=config.get_text_config().bos_token_id,
+        eos_token_id=config.get_text_config().eos_token_id,
+        pad_token_id=config.get_text_config().pad_token_id,
+    )
+    gen.save_pretrained(out)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    note = {
+        "what": "Tiny test fixture with RANDOM weights. Not a real model; outputs are meaningless.",
+        "generated_by": "scripts/make_fixtures.py",
+        "architecture": config.architectures[0],
+        "seed": SEED,
+        "dtype": DTYPE,
+        "parameters": n_params,
+        "tensor_name_layout": "as in the real hub checkpoint",
+        "notes": notes,
+        "special_token_ids": ids,
+        "tensors": len(shapes),
+    }
+    (out / "fixture.json").write_text(json.dumps(note, indent=2) + "\n")
+    (out / "README.md").write_text(
+        f"# {out.name} test fixture\n\n"
+        f"A tiny `{config.architectures[0]}` with **random weights** (torch seed {SEED}, the\n"
+        "transformers model's own initialisation), saved with the tensor names of the real hub\n"
+        "checkpoint so that both vLLM and transformers load it. It is not a real model: its\n"
+        "outputs are meaningless but depend on the image and the text. The tokenizer is a\n"
+        "byte-level BPE trained on a fixed corpus. Real image geometry, tiny widths/depths.\n\n"
+        + "".join(f"- {n}\n" for n in notes)
+        + "\n"
+        "Generated by `scripts/make_fixtures.py`; do not edit by hand, rerun the script.\n"
+        "Details: `fixture.json`.\n"
+    )
+    return note
+
+
+BUILDERS = {
+    "llava-1.5": build_llava15,
+    "llava-next": build_llava_next,
+    "qwen2.5-vl": build_qwen25vl,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--only", nargs="*", choices=sorted(BUILDERS), default=None)
+    args = ap.parse_args()
+    torch.use_deterministic_algorithms(True)
+    for name in args.only or BUILDERS:
+        note = BUILDERS[name](args.out / name)
+        out = args.out / name
+        print(f"{name}: {note['architecture']}, {note['parameters']} parameters -> {out}")
+
+
+if __name__ == "__main__":
+    main()

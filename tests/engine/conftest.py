@@ -1,0 +1,42 @@
+"""Fixtures for engine tests; the helpers live in tests/engine/harness.py.
+
+Importing harness first sets VLLM_ENABLE_V1_MULTIPROCESSING=0, VLLM_CPU_KVCACHE_SPACE=1
+etc. before anything imports vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.engine import harness
+from tests.engine.harness import STOCK_VLLM_PLUGINS, free_engine, start_engine
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def stock_engines():
+    """``start_engine`` with the zspa plugin excluded through VLLM_PLUGINS; one engine
+    alive at a time, freed at module end.
+
+    vLLM loads general plugins once per process (vllm.plugins.plugins_loaded), at the
+    first engine: whether zspa is active is decided by the first engine a pytest process
+    starts. Tests using this fixture should assert the model class is vLLM's own."""
+    old = os.environ.get("VLLM_PLUGINS")
+    os.environ["VLLM_PLUGINS"] = STOCK_VLLM_PLUGINS
+    try:
+        yield start_engine
+    finally:
+        free_engine()
+        if old is None:
+            os.environ.pop("VLLM_PLUGINS", None)
+        else:
+            os.environ["VLLM_PLUGINS"] = old
+
+
+def pytest_terminal_summary(terminalreporter):
+    if harness.STARTUP_SECONDS:
+        terminalreporter.write_sep("-", "vLLM engine start-up (LLM(...) wall time)")
+        for name, seconds in harness.STARTUP_SECONDS:
+            terminalreporter.write_line(f"{name}: {seconds:.1f} s")

@@ -1,0 +1,247 @@
+"""Helpers for tests that start a real vLLM engine on the tiny fixtures.
+
+Importing this module sets the engine environment variables, so import it before vLLM
+(tests/engine/conftest.py does, at collection time). Reusable pieces:
+  FAMILIES / fixture_path(family)   the tiny random-weight models (scripts/make_fixtures.py)
+  ENGINE_KWARGS                     fast single-process CPU engine settings
+  start_engine(family, **kw)        build an LLM (freeing any previous one first), timed
+  free_engine()                     shut the active engine down and release its memory
+  chat_messages(image, question)    an OpenAI-style user turn with one image
+  sampling(...)                     greedy SamplingParams with full-vocabulary logprobs
+  step_logprobs / logprobs_max_diff compare outputs by logprobs, not only token ids
+  visual_tokens(family, w, h)       the model's own visual token count, from its formula
+
+Engines cost several seconds each: share one per fixture across tests (see the
+module-scoped fixtures in tests/engine/conftest.py); at most one engine is alive at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Must be set before vLLM is imported anywhere in this process.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in-process
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default wants far more
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODELS_DIR = REPO_ROOT / "tests" / "fixtures" / "models"
+
+# The plugin's entry point name (pyproject: [project.entry-points."vllm.general_plugins"]).
+PLUGIN_ENTRY_POINT = "zspa"
+# vLLM splits VLLM_PLUGINS on "," and loads only the general plugins named in it; ""
+# parses to [""], which names none (unset means "load all").
+STOCK_VLLM_PLUGINS = ""
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # folder under tests/fixtures/models
+    architecture: str
+    image_token: str  # the placeholder the chat template emits once per image
+    prompt_format: str  # the templated prompt for one image + question, {q} = question
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "llava-1.5",
+            "LlavaForConditionalGeneration",
+            "<image>",
+            "USER: <image>\n{q} ASSISTANT:",
+        ),
+        Family(
+            "llava-next",
+            "LlavaNextForConditionalGeneration",
+            "<image>",
+            "[INST] <image>\n{q} [/INST]",
+        ),
+        Family(
+            "qwen2.5-vl",
+            "Qwen2_5_VLForConditionalGeneration",
+            "<|image_pad|>",
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n"
+            "<|im_start|>assistant\n",
+        ),
+    )
+}
+
+
+def fixture_path(family: str) -> Path:
+    path = MODELS_DIR / family
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"missing fixture {path}; run: python scripts/make_fixtures.py")
+    return path
+
+
+# Fast, deterministic, single-process CPU engine.
+ENGINE_KWARGS: dict[str, Any] = dict(
+    dtype="float32",
+    max_model_len=8192,
+    distributed_executor_backend="uni",
+    enforce_eager=True,
+    limit_mm_per_prompt={"image": 2, "video": 0},
+    max_logprobs=-1,  # allow full-vocabulary logprobs (the vocabularies are ~900 tokens)
+    seed=0,
+)
+
+# Wall-clock seconds of each LLM(...) construction in this session, in order.
+STARTUP_SECONDS: list[tuple[str, float]] = []
+
+_active: dict[str, Any] = {"llm": None, "name": None}
+
+
+def free_engine() -> None:
+    """Shut down the active engine (if any) and release its memory."""
+    llm = _active["llm"]
+    _active["llm"] = _active["name"] = None
+    if llm is None:
+        return
+    try:
+        # In-process engine core: frees the executor, undoes vLLM's gc.freeze() and
+        # tears down the (single-rank) distributed state so a new LLM can start.
+        llm.llm_engine.engine_core.shutdown()
+    finally:
+        del llm
+        gc.collect()
+
+
+def start_engine(family: str, **overrides: Any):
+    """Build ``vllm.LLM`` for a fixture with ENGINE_KWARGS (+ overrides), after freeing
+    any engine still alive. Returns (llm, startup_seconds)."""
+    free_engine()
+    from vllm import LLM
+
+    kwargs = {**ENGINE_KWARGS, **overrides}
+    t0 = time.perf_counter()
+    llm = LLM(model=str(fixture_path(family)), **kwargs)
+    seconds = time.perf_counter() - t0
+    _active["llm"], _active["name"] = llm, family
+    STARTUP_SECONDS.append((family, seconds))
+    print(f"\n[engine] {family}: LLM(...) start-up {seconds:.1f} s")
+    return llm, seconds
+
+
+def model_class_of(llm) -> type:
+    """The class of the model the (in-process) engine actually runs."""
+    return llm.apply_model(lambda model: type(model))[0]
+
+
+# --------------------------------------------------------------------------- requests
+def image_data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # lossless: decodes to the same pixels
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def chat_messages(image, question: str, *, as_url: bool = False) -> list[dict]:
+    """One user turn: the image first, then the question (OpenAI content parts)."""
+    if as_url:
+        part = {"type": "image_url", "image_url": {"url": image_data_url(image)}}
+    else:
+        part = {"type": "image_pil", "image_pil": image}
+    return [{"role": "user", "content": [part, {"type": "text", "text": question}]}]
+
+
+def sampling(max_tokens: int = 3, logprobs: int = -1, **kw):
+    """Greedy, fixed length; ``logprobs=-1`` returns every token's logprob per step."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=0.0, max_tokens=max_tokens, logprobs=logprobs, ignore_eos=True, **kw
+    )
+
+
+def step_logprobs(output, step: int = 0) -> dict[int, float]:
+    """token id -> logprob of the returned candidates at generated position ``step``."""
+    return {tid: lp.logprob for tid, lp in output.outputs[0].logprobs[step].items()}
+
+
+def logprobs_max_diff(a, b, steps: int = 1) -> float:
+    """Largest |logprob difference| over the first ``steps`` generated positions.
+
+    Positions after the first one where the greedy tokens differ are not compared (their
+    contexts differ); ``inf`` if the two outputs returned different candidate sets."""
+    worst = 0.0
+    for s in range(steps):
+        la, lb = step_logprobs(a, s), step_logprobs(b, s)
+        if la.keys() != lb.keys():
+            return math.inf
+        worst = max(worst, max(abs(la[t] - lb[t]) for t in la))
+        if a.outputs[0].token_ids[s] != b.outputs[0].token_ids[s]:
+            break
+    return worst
+
+
+# --------------------------------------------------------------------------- token counts
+# Written from the models' published preprocessing, independently of vLLM's code.
+def _llava_next_count(width: int, height: int, cfg: dict) -> int:
+    """LLaVA-NeXT anyres: base 336 view + the best-fit grid of 336 tiles, unpadded back to
+    the image's aspect ratio, plus one image_newline per row of grid features."""
+    pinpoints = cfg["image_grid_pinpoints"]  # [[height, width], ...]
+    tile = cfg["vision_config"]["image_size"]
+    side = tile // cfg["vision_config"]["patch_size"]  # 24 features per tile side
+    # select_best_resolution: max effective resolution, then least waste
+    best, best_eff, best_waste = None, -1, math.inf
+    for ph, pw in pinpoints:
+        scale = min(pw / width, ph / height)
+        dw, dh = int(width * scale), int(height * scale)
+        eff = min(dw * dh, width * height)
+        waste = pw * ph - eff
+        if eff > best_eff or (eff == best_eff and waste < best_waste):
+            best, best_eff, best_waste = (ph, pw), eff, waste
+    cur_h, cur_w = best[0] // tile * side, best[1] // tile * side
+    if width / height > cur_w / cur_h:
+        new_h = int(round(height * (cur_w / width), 7))
+        cur_h -= 2 * ((cur_h - new_h) // 2)
+    else:
+        new_w = int(round(width * (cur_h / height), 7))
+        cur_w -= 2 * ((cur_w - new_w) // 2)
+    return side * side + cur_h * cur_w + cur_h
+
+
+def qwen_smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int):
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def visual_tokens(family: str, width: int, height: int) -> int:
+    """Placeholder tokens the model uses for one ``width`` x ``height`` image."""
+    import json
+
+    path = fixture_path(family)
+    cfg = json.loads((path / "config.json").read_text())
+    if family == "llava-1.5":
+        side = cfg["vision_config"]["image_size"] // cfg["vision_config"]["patch_size"]
+        return side * side  # CLS dropped by vision_feature_select_strategy "default"
+    if family == "llava-next":
+        return _llava_next_count(width, height, cfg)
+    if family == "qwen2.5-vl":
+        ip = json.loads((path / "processor_config.json").read_text())["image_processor"]
+        factor = ip["patch_size"] * ip["merge_size"]
+        h, w = qwen_smart_resize(
+            height, width, factor, ip["size"]["shortest_edge"], ip["size"]["longest_edge"]
+        )
+        return (h // factor) * (w // factor)
+    raise KeyError(family)
