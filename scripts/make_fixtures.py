@@ -312,24 +312,26 @@ def _clip_image_processor(**extra):
     )
 
 
-def build_llava15(out: Path) -> dict:
-    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    tokenizer = make_llava_tokenizer(LLAVA15_CHAT_TEMPLATE)
-    ids = _ids(tokenizer, ["<s>", "</s>", "<unk>", "<pad>", "<image>"])
-    text = LlamaConfig(
+def _llava_text_config(config_cls, architecture: str, tokenizer, ids, **extra):
+    """The LLM half of a LLaVA-family config (Llama for 1.5, Mistral for NeXT)."""
+    text = config_cls(
         vocab_size=len(tokenizer),
         hidden_act="silu",
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
         bos_token_id=ids["<s>"],
         eos_token_id=ids["</s>"],
         pad_token_id=ids["<pad>"],
         tie_word_embeddings=False,
+        **extra,
         **LLM,
     )
-    text.architectures = ["LlamaForCausalLM"]
-    config = LlavaConfig(
+    text.architectures = [architecture]
+    return text
+
+
+def _llava_config(config_cls, architecture: str, text, ids, **extra):
+    """A LLaVA-family config around the CLIP 336/14 tower and a 2-layer GELU projector."""
+    config = config_cls(
         vision_config=_clip_vision_config(),
         text_config=text,
         image_token_index=ids["<image>"],
@@ -340,8 +342,19 @@ def build_llava15(out: Path) -> dict:
         multimodal_projector_bias=True,
         tie_word_embeddings=False,
         pad_token_id=ids["<pad>"],
+        **extra,
     )
-    config.architectures = ["LlavaForConditionalGeneration"]
+    config.architectures = [architecture]
+    return config
+
+
+def build_llava15(out: Path) -> dict:
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = make_llava_tokenizer(LLAVA15_CHAT_TEMPLATE)
+    ids = _ids(tokenizer, ["<s>", "</s>", "<unk>", "<pad>", "<image>"])
+    text = _llava_text_config(LlamaConfig, "LlamaForCausalLM", tokenizer, ids, rope_theta=10000.0)
+    config = _llava_config(LlavaConfig, "LlavaForConditionalGeneration", text, ids)
     processor = LlavaProcessor(
         image_processor=_clip_image_processor(),
         tokenizer=tokenizer,
@@ -373,33 +386,16 @@ def build_llava_next(out: Path) -> dict:
 
     tokenizer = make_llava_tokenizer(LLAVA_NEXT_CHAT_TEMPLATE)
     ids = _ids(tokenizer, ["<s>", "</s>", "<unk>", "<pad>", "<image>"])
-    text = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_act="silu",
-        rms_norm_eps=1e-5,
-        rope_theta=1000000.0,
-        sliding_window=None,
-        bos_token_id=ids["<s>"],
-        eos_token_id=ids["</s>"],
-        pad_token_id=ids["<pad>"],
-        tie_word_embeddings=False,
-        **LLM,
+    text = _llava_text_config(
+        MistralConfig, "MistralForCausalLM", tokenizer, ids, rope_theta=1000000.0, sliding_window=None
     )
-    text.architectures = ["MistralForCausalLM"]
-    config = LlavaNextConfig(
-        vision_config=_clip_vision_config(),
-        text_config=text,
-        image_token_index=ids["<image>"],
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+    config = _llava_config(
+        LlavaNextConfig,
+        "LlavaNextForConditionalGeneration",
+        text,
+        ids,
         image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
-        image_seq_length=576,
-        multimodal_projector_bias=True,
-        tie_word_embeddings=False,
-        pad_token_id=ids["<pad>"],
     )
-    config.architectures = ["LlavaNextForConditionalGeneration"]
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": 336},
         crop_size={"height": 336, "width": 336},

@@ -1,6 +1,6 @@
 """ZSPAPrune token selection and its baselines (arXiv 2510.17197). Pure torch, no vLLM.
 
-Contract (docs/algorithm.md has the long form):
+Contract (README.md, "The selection core", has the long form):
 
   l = num_kept(n, keep_rate) = min(n, max(1, ceil(keep_rate * n)))
   t = pool(query)                          mean (default) or elementwise max of rows

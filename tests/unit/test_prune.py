@@ -71,7 +71,7 @@ def test_num_kept_rejects(n, rate, fragment):
 
 @st.composite
 def pruning_cases(draw):
-    n = draw(st.integers(1, 40))
+    n = draw(st.integers(1, 48))
     d = draw(st.integers(1, 12))
     m = draw(st.integers(0, 5))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
