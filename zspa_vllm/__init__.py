@@ -2,6 +2,11 @@
 
 __version__ = "0.1.0"
 
+# vLLM architecture name -> our override, as "module:Class" so nothing imports until used
+MODEL_OVERRIDES = {
+    "LlavaForConditionalGeneration": "zspa_vllm.models.llava:ZspaLlavaForConditionalGeneration",
+}
+
 _registered = False
 
 
@@ -14,7 +19,11 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    from vllm import ModelRegistry
+
     from zspa_vllm.compat import check_vllm_version
 
     check_vllm_version()
+    for architecture, target in MODEL_OVERRIDES.items():
+        ModelRegistry.register_model(architecture, target)
     _registered = True

@@ -1,0 +1,1 @@
+"""One module per architecture family: its processor and model overrides."""
