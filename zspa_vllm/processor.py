@@ -28,6 +28,10 @@ from zspa_vllm.query import query_token_ids
 ZSPA_KWARG = "zspa"
 FIELD_NAMES = ("zspa_query_ids", "zspa_num_keep", "zspa_num_core", "zspa_method")
 
+# Engine-wide knob defaults by id() of the MultiModalConfig they were configured on; the
+# config is held too, so its id cannot be reused by a later engine's config.
+_ENGINE_DEFAULTS: dict[int, tuple[object, PruneParams]] = {}
+
 
 @dataclasses.dataclass(frozen=True)
 class PruneRequest:
@@ -82,10 +86,11 @@ class PruningProcessorMixin:
         knobs, rest = split_knobs(configured)
         if knobs:
             # Keep the knobs away from the HF processor, which vLLM merges these into;
-            # remembered here as this server's defaults.
-            self._zspa_configured = parse_knobs(knobs)
+            # remembered per config (several processors share one) as the defaults.
+            _ENGINE_DEFAULTS[id(mm_config)] = (mm_config, parse_knobs(knobs))
             mm_config.mm_processor_kwargs = rest
-        return getattr(self, "_zspa_configured", PruneParams())
+        config, defaults = _ENGINE_DEFAULTS.get(id(mm_config), (None, PruneParams()))
+        return defaults if config is mm_config else PruneParams()
 
     # -- vLLM overrides
 

@@ -13,6 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+# The last user turn of each chat-template style (group 1 = the turn's content).
+LLAVA_USER_TURN = re.compile(r"USER:(.*?)ASSISTANT:", re.S)  # llava-1.5 (llava-hf)
+MISTRAL_USER_TURN = re.compile(r"\[INST\](.*?)\[/INST\]", re.S)  # llava-v1.6-mistral
+CHATML_USER_TURN = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S)  # Qwen2.5-VL
+
 
 def query_text(prompt: str, user_turn: re.Pattern[str] | None, special_tokens: Sequence[str]) -> str:
     """The user's question inside a rendered ``prompt`` (see the module docstring)."""

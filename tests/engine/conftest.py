@@ -35,6 +35,28 @@ def stock_engines():
             os.environ["VLLM_PLUGINS"] = old
 
 
+@pytest.fixture(scope="module")
+def zspa_engines():
+    """``start_engine`` with the zspa plugin's overrides registered in this process.
+
+    Registration is process-wide and cannot be undone: modules using this fixture run
+    after the stock smoke tests (file order), and compare with stock vLLM through
+    tests/engine/stock_reference.py, which runs in a child process."""
+    import zspa_vllm
+
+    zspa_vllm.register()
+    # vLLM memoises the resolved model class per model path (model_loader/utils.py,
+    # _MODEL_ARCH_BY_HASH): a stock engine started earlier in this process on the same
+    # fixture would otherwise keep its stock class even after our override registered.
+    from vllm.model_executor.model_loader import utils as loader_utils
+
+    loader_utils._MODEL_ARCH_BY_HASH.clear()
+    try:
+        yield start_engine
+    finally:
+        free_engine()
+
+
 def pytest_terminal_summary(terminalreporter):
     if harness.STARTUP_SECONDS:
         terminalreporter.write_sep("-", "vLLM engine start-up (LLM(...) wall time)")

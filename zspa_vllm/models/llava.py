@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import re
-
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
@@ -20,11 +18,11 @@ from vllm.multimodal.processing import PromptReplacement
 
 from zspa_vllm.model import PruningModelMixin
 from zspa_vllm.processor import PruningProcessorMixin
+from zspa_vllm.query import LLAVA_USER_TURN
 
 
 class ZspaLlavaMultiModalProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
-    # llava-hf chat template: "USER: <image>\n{question} ASSISTANT:"
-    QUERY_PATTERN = re.compile(r"USER:(.*?)ASSISTANT:", re.S)
+    QUERY_PATTERN = LLAVA_USER_TURN  # "USER: <image>\n{question} ASSISTANT:"
 
     def _zspa_visual_counts(self, hf_data, processed):
         return [int(self.info.get_num_image_tokens(image_width=1, image_height=1))] * len(

@@ -1,0 +1,78 @@
+"""Stock vLLM's answers, computed in a child process with the zspa plugin excluded.
+
+vLLM loads general plugins once per process, and the plugin replaces vLLM's model
+classes in the registry; so "the same request on stock vLLM" must come from another
+process. Images travel as (width, height, seed) triples for tests.fixtures.images.
+
+    stock_outputs("llava-1.5", [{"images": [(336, 336, 0)], "question": "...", "max_tokens": 3}])
+    -> [{"prompt_token_ids": [...], "token_ids": [...], "logprobs": [{id: lp, ...}, ...]}]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def stock_outputs(family: str, requests: list[dict], **engine_overrides) -> list[dict]:
+    env = {**os.environ, "VLLM_PLUGINS": ""}
+    spec = json.dumps({"family": family, "requests": requests, "overrides": engine_overrides})
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.engine.stock_reference"],
+        input=spec,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"stock reference run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def request_messages(request: dict) -> list[dict]:
+    """OpenAI-style user turn for a request spec: its images, then its question."""
+    from tests.fixtures.images import make_image
+
+    parts = [{"type": "image_pil", "image_pil": make_image(w, h, seed)} for w, h, seed in request["images"]]
+    if request.get("question"):
+        parts.append({"type": "text", "text": request["question"]})
+    return [{"role": "user", "content": parts}]
+
+
+def output_record(output) -> dict:
+    return {
+        "prompt_token_ids": list(output.prompt_token_ids),
+        "token_ids": list(output.outputs[0].token_ids),
+        "logprobs": [{str(t): lp.logprob for t, lp in step.items()} for step in output.outputs[0].logprobs],
+    }
+
+
+def _main() -> None:
+    from tests.engine import harness  # sets the engine environment before vLLM loads
+
+    spec = json.loads(sys.stdin.read())
+    llm, _ = harness.start_engine(spec["family"], **spec["overrides"])
+    cls = harness.model_class_of(llm)
+    if cls.__module__.startswith("zspa_vllm"):
+        raise SystemExit(f"stock reference ran the plugin's {cls.__name__}")
+    records = []
+    for request in spec["requests"]:
+        (out,) = llm.chat(
+            request_messages(request),
+            harness.sampling(max_tokens=request.get("max_tokens", 3)),
+            use_tqdm=False,
+        )
+        records.append(output_record(out))
+    harness.free_engine()
+    print(json.dumps(records))
+
+
+if __name__ == "__main__":
+    _main()
