@@ -16,12 +16,25 @@ class Selection:
     num_core: int
 
 
+@dataclass(frozen=True)
+class EncoderCall:
+    num_images: int  # encoded together in one vision-encoder call
+    num_visual_tokens: int  # their unpruned tokens: what the vision encoder processed
+    batch_images: int  # images vLLM handed to this embed_multimodal call
+
+
 RECENT: deque[Selection] = deque(maxlen=1024)
+ENCODER_CALLS: deque[EncoderCall] = deque(maxlen=1024)
 
 
 def record(selection: Selection) -> None:
     RECENT.append(selection)
 
 
+def record_encoder_call(num_images: int, num_visual_tokens: int, batch_images: int) -> None:
+    ENCODER_CALLS.append(EncoderCall(num_images, num_visual_tokens, batch_images))
+
+
 def clear() -> None:
     RECENT.clear()
+    ENCODER_CALLS.clear()

@@ -6,7 +6,8 @@ knobs and the query ids. vLLM hashes every image together with its processor kwa
 (``ProcessorInputs.get_mm_hashes``), so that value makes the encoder cache, the processor
 cache and the prefix cache per question and per budget. The kwarg is removed again
 before the Hugging Face processor runs; what the model needs is added as per-image
-fields (``zspa_query_ids``, ``zspa_num_keep``, ``zspa_num_core``, ``zspa_method``), and the
+fields (``zspa_query_ids``, ``zspa_num_visual``, ``zspa_num_keep``, ``zspa_num_core``,
+``zspa_method``), and the
 placeholder run of each image is ``num_kept(n, keep_rate)`` tokens long.
 """
 
@@ -26,7 +27,7 @@ from zspa_vllm.prune import METHODS, num_kept
 from zspa_vllm.query import query_token_ids
 
 ZSPA_KWARG = "zspa"
-FIELD_NAMES = ("zspa_query_ids", "zspa_num_keep", "zspa_num_core", "zspa_method")
+FIELD_NAMES = ("zspa_query_ids", "zspa_num_visual", "zspa_num_keep", "zspa_num_core", "zspa_method")
 
 # Engine-wide knob defaults by id() of the MultiModalConfig they were configured on; the
 # config is held too, so its id cannot be reused by a later engine's config.
@@ -128,6 +129,7 @@ class PruningProcessorMixin:
         processed["zspa_query_ids"] = torch.tensor([request.query_ids] * len(counts), dtype=torch.long).reshape(
             len(counts), len(request.query_ids)
         )
+        processed["zspa_num_visual"] = torch.tensor(counts, dtype=torch.long)
         processed["zspa_num_keep"] = torch.tensor([keep for keep, _ in budgets], dtype=torch.long)
         processed["zspa_num_core"] = torch.tensor([core for _, core in budgets], dtype=torch.long)
         method = request.params.prune_method

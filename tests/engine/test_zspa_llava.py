@@ -178,3 +178,35 @@ def test_engine_wide_defaults_and_request_overrides(zspa_engines):
     n_full = len(full.prompt_token_ids)
     assert n_full - len(default.prompt_token_ids) == N - 144
     assert n_full - len(override.prompt_token_ids) == N - 288
+
+
+def test_many_images_in_flight_do_not_over_pack_the_encoder(zspa_engines):
+    budget = 2048  # max_num_batched_tokens = the scheduler's encoder budget: 3 full images
+    llm, _ = zspa_engines(FAMILY, max_num_batched_tokens=budget, max_num_seqs=32)
+    ask(llm, [fresh(SMALL)])
+    expected_len = len(ask(llm, [fresh(SMALL)], keep_rate=0.1).prompt_token_ids)
+    observe.clear()
+    conversations = [request_messages({"images": [fresh(SMALL)], "question": QUESTION}) for _ in range(16)]
+    outs = llm.chat(conversations, sampling(2), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
+    assert [len(o.prompt_token_ids) for o in outs] == [expected_len] * 16
+    calls = list(observe.ENCODER_CALLS)
+    assert sum(c.num_images for c in calls) == 16
+    # vLLM charges the budget with the 58 pruned tokens per image, so it hands the
+    # encoder far more than 3 images at once ...
+    assert max(c.batch_images for c in calls) > budget // N
+    # ... and the plugin encodes them in groups that fit the budget unpruned
+    assert max(c.num_visual_tokens for c in calls) <= budget
+    print(f"\n[encoder] images per embed_multimodal call: {[c.batch_images for c in calls]}, "
+          f"per vision-encoder call: {[c.num_images for c in calls]}")
+
+
+def test_chunked_prefill_matches_unchunked(zspa_engines):
+    image = fresh(SMALL)
+    knobs = dict(keep_rate=0.25, core_ratio=0.3)  # 144 image tokens: spans 5 chunks of 32
+    whole_llm, _ = zspa_engines(FAMILY, max_num_batched_tokens=8192)
+    whole = ask(whole_llm, [image], max_tokens=4, **knobs)
+    chunked_llm, _ = zspa_engines(FAMILY, max_num_batched_tokens=32, enable_chunked_prefill=True)
+    chunked = ask(chunked_llm, [image], max_tokens=4, **knobs)
+    assert len(chunked.prompt_token_ids) > 32 * 4
+    assert list(chunked.outputs[0].token_ids) == list(whole.outputs[0].token_ids)
+    assert logprobs_max_diff(chunked, whole, steps=4) < 1e-4

@@ -35,3 +35,18 @@ def test_equal_requests_encode_alike_and_different_ones_do_not():
 )
 def test_budget(method, n, rate, core, expected):
     assert PruneRequest(PruneParams(rate, core, method), ()).budget(n) == expected
+
+
+@pytest.mark.parametrize(
+    "sizes, budget, groups",
+    [
+        ([576] * 5, 2048, [(0, 3), (3, 5)]),
+        ([576] * 5, 576, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]),
+        ([3000, 100, 100], 2048, [(0, 1), (1, 3)]),  # too big for the budget: alone
+        ([100], 10, [(0, 1)]),
+    ],
+)
+def test_encoder_groups_fit_the_unpruned_budget(sizes, budget, groups):
+    from zspa_vllm.model import encoder_groups
+
+    assert encoder_groups(sizes, budget) == groups
