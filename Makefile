@@ -3,25 +3,32 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env test test-unit test-engine bench-select fixtures clean
+.PHONY: env demo test test-unit test-engine test-server bench-select fixtures clean
 
 env:  ## create/refresh .venv (seconds when nothing changed)
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
+demo: env  ## start zspa-serve with the tiny demo model, send an unpruned and a pruned request
+	$(PY) scripts/demo.py
+
 test: env  ## the whole suite
 	$(PY) scripts/run_pytest.py $(PYTEST_ARGS)
 
-test-unit: env  ## the fast tests only (no vLLM engine)
-	$(PY) scripts/run_pytest.py -m "not engine" $(PYTEST_ARGS)
+test-unit: env  ## the fast tests only (no vLLM engine, no server)
+	$(PY) scripts/run_pytest.py -m "not engine and not server" $(PYTEST_ARGS)
 
 test-engine: env  ## the tests that start a real vLLM engine
 	$(PY) scripts/run_pytest.py -m engine $(PYTEST_ARGS)
+
+test-server: env  ## the tests against a real zspa-serve process
+	$(PY) scripts/run_pytest.py -m server $(PYTEST_ARGS)
 
 bench-select: env  ## time the selection kernel at real model sizes
 	$(PY) benchmarks/select_bench.py
 
 fixtures: env  ## regenerate the tiny random-weight models under tests/fixtures/models
 	$(PY) scripts/make_fixtures.py
+	rm -rf server/demo_model && cp -r tests/fixtures/models/llava-1.5 server/demo_model  # the demo model
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -5,6 +5,8 @@ __version__ = "0.1.0"
 # vLLM architecture name -> our override, as "module:Class" so nothing imports until used
 MODEL_OVERRIDES = {
     "LlavaForConditionalGeneration": "zspa_vllm.models.llava:ZspaLlavaForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration": "zspa_vllm.models.qwen2_5_vl:ZspaQwen2_5_VLForConditionalGeneration",
+    "LlavaNextForConditionalGeneration": "zspa_vllm.models.llava_next:ZspaLlavaNextForConditionalGeneration",
 }
 
 _registered = False

@@ -1,8 +1,15 @@
 """Recent selections, kept in the worker process so tests and debugging can see exactly
-which visual tokens the model kept (vLLM hides the embeddings themselves)."""
+which visual tokens the model kept (vLLM hides the embeddings themselves).
+
+With ``ZSPA_SELECTION_LOG=DIR`` set, every process that selects (each tensor-parallel
+rank, say) also appends its selections to ``DIR/selections-<pid>.jsonl``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections import deque
 from dataclasses import dataclass
 
@@ -29,6 +36,10 @@ ENCODER_CALLS: deque[EncoderCall] = deque(maxlen=1024)
 
 def record(selection: Selection) -> None:
     RECENT.append(selection)
+    log_dir = os.environ.get("ZSPA_SELECTION_LOG")
+    if log_dir:
+        with open(os.path.join(log_dir, f"selections-{os.getpid()}.jsonl"), "a") as log:
+            log.write(json.dumps(dataclasses.asdict(selection)) + "\n")
 
 
 def record_encoder_call(num_images: int, num_visual_tokens: int, batch_images: int) -> None:

@@ -22,9 +22,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from zspa_vllm import tally
 from zspa_vllm.params import PruneParams, parse_knobs, split_knobs
 from zspa_vllm.prune import METHODS, num_kept
 from zspa_vllm.query import query_token_ids
+from zspa_vllm.tally import TALLY_KWARG
 
 ZSPA_KWARG = "zspa"
 FIELD_NAMES = ("zspa_query_ids", "zspa_num_visual", "zspa_num_keep", "zspa_num_core", "zspa_method")
@@ -99,10 +101,17 @@ class PruningProcessorMixin:
         # the only place the prompt is visible: resolve knobs and query here
         knobs, rest = split_knobs(inputs.hf_processor_mm_kwargs)
         rest.pop(ZSPA_KWARG, None)
+        tally_id = rest.pop(TALLY_KWARG, None)  # per HTTP request, so never in the hash
         params = parse_knobs(knobs, self._zspa_defaults())
+        request = None
         if params.prunes:
             query = query_token_ids(self.info.get_tokenizer(), inputs.prompt, self.QUERY_PATTERN)
-            rest[ZSPA_KWARG] = PruneRequest(params, tuple(query)).encode()
+            request = PruneRequest(params, tuple(query))
+            rest[ZSPA_KWARG] = request.encode()
+        if tally_id is not None:
+            counts = self._zspa_image_token_counts(inputs.mm_data_items, rest)
+            kept = [request.budget(n)[0] if request else n for n in counts]
+            tally.record(str(tally_id), params.prune_method if request else "none", list(zip(counts, kept)))
         return super().apply(dataclasses.replace(inputs, hf_processor_mm_kwargs=rest), timing_ctx)
 
     def _call_hf_processor(self, hf_data, hf_kwargs):
@@ -121,7 +130,22 @@ class PruningProcessorMixin:
             config.update({name: MultiModalFieldConfig.batched("image") for name in FIELD_NAMES})
         return config
 
+    def _zspa_num_image_tokens(self, width: int, height: int, mm_kwargs: Mapping[str, object]) -> int:
+        """Unpruned visual tokens of an image of this size (vLLM's own count)."""
+        return int(self.info.get_num_image_tokens(image_width=width, image_height=height))
+
     # -- helpers
+
+    def _zspa_image_token_counts(self, mm_items, mm_kwargs) -> list[int]:
+        """Unpruned visual tokens of each image of a prompt, from the image sizes (also
+        when vLLM's caches spare the HF processor); none for precomputed embeddings."""
+        from vllm.multimodal.parse import ImageProcessorItems
+
+        images = mm_items.get("image")
+        if not isinstance(images, ImageProcessorItems):
+            return []
+        sizes = [images.get_image_size(i) for i in range(len(images))]
+        return [self._zspa_num_image_tokens(size.width, size.height, mm_kwargs) for size in sizes]
 
     def _zspa_add_fields(self, request: PruneRequest, hf_data, processed) -> None:
         counts = self._zspa_visual_counts(hf_data, processed)
@@ -142,3 +166,13 @@ class PruningProcessorMixin:
             return num_visual
         return PruneRequest.decode(encoded).budget(num_visual)[0]
 
+
+class PruningInfoMixin:
+    """Mix in before a vLLM ``BaseProcessingInfo`` whose family builds its HF processor
+    from the request's processor kwargs (Qwen2-VL does, in ``_get_prompt_updates``)."""
+
+    def get_hf_processor(self, **kwargs):
+        # ours is for the hash and the placeholder count, not an HF processor argument
+        # (vLLM would also load, and cache, one HF processor per distinct value)
+        kwargs.pop(ZSPA_KWARG, None)
+        return super().get_hf_processor(**kwargs)

@@ -57,6 +57,13 @@ def zspa_engines():
         free_engine()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests on stock vLLM in this process (the stock_engines fixture) first: once a test
+    registers the plugin, the process's model registry is ours for good."""
+    stock_modules = {item.module for item in items if "stock_engines" in getattr(item, "fixturenames", ())}
+    items.sort(key=lambda item: item.module not in stock_modules)  # stable: file order otherwise
+
+
 def pytest_terminal_summary(terminalreporter):
     if harness.STARTUP_SECONDS:
         terminalreporter.write_sep("-", "vLLM engine start-up (LLM(...) wall time)")

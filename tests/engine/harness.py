@@ -125,8 +125,9 @@ def start_engine(family: str, **overrides: Any):
     from vllm import LLM
 
     kwargs = {**ENGINE_KWARGS, **overrides}
+    model = kwargs.pop("model", None) or str(fixture_path(family))  # "model": another directory
     t0 = time.perf_counter()
-    llm = LLM(model=str(fixture_path(family)), **kwargs)
+    llm = LLM(model=model, **kwargs)
     seconds = time.perf_counter() - t0
     _active["llm"], _active["name"] = llm, family
     STARTUP_SECONDS.append((family, seconds))

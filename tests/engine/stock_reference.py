@@ -1,4 +1,5 @@
-"""Stock vLLM's answers, computed in a child process with the zspa plugin excluded.
+"""Engine answers computed in a child process: stock vLLM, or an engine set up unlike
+the test process's (e.g. tensor parallel, which needs worker processes).
 
 vLLM loads general plugins once per process, and the plugin replaces vLLM's model
 classes in the registry; so "the same request on stock vLLM" must come from another
@@ -6,6 +7,9 @@ process. Images travel as (width, height, seed) triples for tests.fixtures.image
 
     stock_outputs("llava-1.5", [{"images": [(336, 336, 0)], "question": "...", "max_tokens": 3}])
     -> [{"prompt_token_ids": [...], "token_ids": [...], "logprobs": [{id: lp, ...}, ...]}]
+
+A request may carry "knobs" (its mm_processor_kwargs); engine overrides may name another
+"model" directory than the family's fixture.
 """
 
 from __future__ import annotations
@@ -20,8 +24,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def stock_outputs(family: str, requests: list[dict], **engine_overrides) -> list[dict]:
-    env = {**os.environ, "VLLM_PLUGINS": ""}
-    spec = json.dumps({"family": family, "requests": requests, "overrides": engine_overrides})
+    return child_outputs(family, requests, plugin=False, **engine_overrides)
+
+
+def child_outputs(family: str, requests: list[dict], *, plugin: bool, env=None, **engine_overrides) -> list[dict]:
+    """Run ``requests`` on a fresh engine in a child process, with or without the plugin."""
+    env = {**os.environ, **(env or {})}
+    if plugin:
+        env.pop("VLLM_PLUGINS", None)  # load every installed plugin: zspa included
+    else:
+        env["VLLM_PLUGINS"] = ""
+    spec = json.dumps({"family": family, "requests": requests, "overrides": engine_overrides, "plugin": plugin})
     proc = subprocess.run(
         [sys.executable, "-m", "tests.engine.stock_reference"],
         input=spec,
@@ -32,7 +45,7 @@ def stock_outputs(family: str, requests: list[dict], **engine_overrides) -> list
         timeout=600,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"stock reference run failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"child engine run failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -59,14 +72,16 @@ def _main() -> None:
 
     spec = json.loads(sys.stdin.read())
     llm, _ = harness.start_engine(spec["family"], **spec["overrides"])
-    cls = harness.model_class_of(llm)
-    if cls.__module__.startswith("zspa_vllm"):
-        raise SystemExit(f"stock reference ran the plugin's {cls.__name__}")
+    if spec["overrides"].get("tensor_parallel_size", 1) == 1:  # else the model is in workers
+        cls = harness.model_class_of(llm)
+        if cls.__module__.startswith("zspa_vllm") != spec["plugin"]:
+            raise SystemExit(f"child engine (plugin={spec['plugin']}) ran {cls.__module__}.{cls.__name__}")
     records = []
     for request in spec["requests"]:
         (out,) = llm.chat(
             request_messages(request),
             harness.sampling(max_tokens=request.get("max_tokens", 3)),
+            mm_processor_kwargs=request.get("knobs"),
             use_tqdm=False,
         )
         records.append(output_record(out))

@@ -196,8 +196,8 @@ def test_many_images_in_flight_do_not_over_pack_the_encoder(zspa_engines):
     assert max(c.batch_images for c in calls) > budget // N
     # ... and the plugin encodes them in groups that fit the budget unpruned
     assert max(c.num_visual_tokens for c in calls) <= budget
-    print(f"\n[encoder] images per embed_multimodal call: {[c.batch_images for c in calls]}, "
-          f"per vision-encoder call: {[c.num_images for c in calls]}")
+    print(f"\n[encoder] images per vision-encoder call / in its embed_multimodal batch: "
+          f"{[f'{c.num_images}/{c.batch_images}' for c in calls]}")
 
 
 def test_chunked_prefill_matches_unchunked(zspa_engines):

@@ -17,9 +17,28 @@ def test_entry_point_is_declared_for_vllm():
     assert entry.load() is zspa_vllm.register
 
 
-def test_register_is_reentrant():
-    zspa_vllm.register()
-    zspa_vllm.register()
+REGISTER_CHECK = """
+import sys, zspa_vllm
+from vllm import ModelRegistry
+before = dict(ModelRegistry.models)
+zspa_vllm.register()
+zspa_vllm.register()
+changed = {a: (m.module_name, m.class_name) for a, m in ModelRegistry.models.items() if m is not before.get(a)}
+print(repr((changed, sorted(k for k in sys.modules if k.startswith("zspa_vllm.models")))))
+"""
+
+
+def test_register_is_reentrant_lazy_and_touches_only_our_architectures():
+    # in a child process: registration is process-wide and would leak into engine tests
+    out = subprocess.run([sys.executable, "-c", REGISTER_CHECK], capture_output=True, text=True, check=True)
+    changed, imported = eval(out.stdout.strip().splitlines()[-1])
+    assert changed == {arch: tuple(target.split(":")) for arch, target in zspa_vllm.MODEL_OVERRIDES.items()}
+    assert set(changed) == {
+        "LlavaForConditionalGeneration",
+        "LlavaNextForConditionalGeneration",
+        "Qwen2_5_VLForConditionalGeneration",
+    }
+    assert imported == []  # nothing of ours is imported until vLLM resolves the model
 
 
 def test_importing_the_package_does_not_import_vllm():

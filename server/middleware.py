@@ -1,0 +1,193 @@
+"""The ASGI middleware in front of vLLM's OpenAI endpoints that take images.
+
+Request: reads the body (413 past ``ZSPA_MAX_BODY_BYTES``), answers malformed JSON,
+bad knobs and (unless the operator trusts clients) other processor kwargs with a 400
+naming the field, moves top-level ``keep_rate`` / ``core_ratio`` /
+``prune_method`` into vLLM's ``mm_processor_kwargs`` and adds a tally id there (see
+``zspa_vllm.tally``). Response: reports the request's visual tokens before and after
+pruning in ``usage`` (JSON, and every SSE chunk that carries usage) and in the
+``x-zspa-visual-tokens`` header ("kept/total"), and counts them for ``/metrics``.
+Everything else passes through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from zspa_vllm import tally as tallies
+from zspa_vllm.tally import TALLY_KWARG
+
+from server import metrics
+from server.knobs import MM_KWARGS, BadRequest, lift_knobs
+
+# POST endpoints whose body takes images and vLLM's mm_processor_kwargs
+KNOB_PATHS = ("/v1/chat/completions", "/v1/responses", "/tokenize")
+MAX_BODY_BYTES = int(os.environ.get("ZSPA_MAX_BODY_BYTES", 64 * 1024 * 1024))
+# set by zspa-serve when it turned vLLM's --trust-request-mm-kwargs on for our knobs only
+KNOBS_ONLY_ENV = "ZSPA_KNOBS_ONLY_MM_KWARGS"
+HEADER = b"x-zspa-visual-tokens"
+
+
+class ZspaMiddleware:
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in KNOB_PATHS:
+            return await self.app(scope, receive, send)
+        try:
+            body = await _read_body(scope, receive)
+            if body is None:
+                return  # the client went away
+            request = _parse(body)
+            knobs = lift_knobs(request, knobs_only=os.environ.get(KNOBS_ONLY_ENV) == "1")
+            support = getattr(scope["app"].state, "zspa_support", None)
+            if knobs and (support is None or not support.prunes):
+                name = next(iter(knobs))
+                reason = support.reason if support else "the server is not ready"
+                raise BadRequest(f"{name}: visual token pruning is not available: {reason}", name)
+        except BadRequest as error:
+            return await _send_json(send, error.status, error.body())
+
+        tally_id = None
+        if support.prunes and (path != "/tokenize" or "messages" in request):
+            tally_id = tallies.open_tally()
+            request.setdefault(MM_KWARGS, {})[TALLY_KWARG] = tally_id
+        body = json.dumps(request).encode()
+        try:
+            await self.app(_with_length(scope, len(body)), _replay(body, receive), _Annotator(send, tally_id).send)
+        finally:
+            if tally_id is not None and (tally := tallies.close(tally_id)) is not None:
+                metrics.count(tally)
+
+
+async def _read_body(scope, receive) -> bytes | None:
+    declared = dict(scope["headers"]).get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BadRequest(f"request body of {int(declared)} bytes exceeds the limit of {MAX_BODY_BYTES}", None, 413)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes", None, 413)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _parse(body: bytes) -> dict:
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+    if not isinstance(request, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(request).__name__}")
+    return request
+
+
+def _with_length(scope, length: int) -> dict:
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
+
+
+def _replay(body: bytes, receive):
+    """A receive() that yields the rewritten body once, then the client's own messages
+    (a disconnect, which vLLM watches for to abort the request)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def _send_json(send, status: int, content: dict) -> None:
+    body = json.dumps(content).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Annotator:
+    """Wraps send(): holds the response start until the first body bytes (the prompt has
+    been processed by then), adds the header, and the counts to every ``usage``."""
+
+    def __init__(self, send, tally_id: str | None) -> None:
+        self._send, self._tally_id = send, tally_id
+        self._start = None
+        self._json_parts: list[bytes] | None = None
+        self._sse_rest = b""
+
+    def _counts(self) -> dict | None:
+        tally = tallies.peek(self._tally_id) if self._tally_id else None
+        return tally.as_dict() if tally else None
+
+    async def send(self, message) -> None:
+        if self._tally_id is None:
+            return await self._send(message)
+        if message["type"] == "http.response.start":
+            self._start = message
+            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+            if message["status"] == 200 and content_type.startswith(b"application/json"):
+                self._json_parts = []
+            return None
+        if message["type"] != "http.response.body":
+            return await self._send(message)
+        if self._json_parts is not None:  # whole JSON document: buffer, then rewrite
+            self._json_parts.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return None
+            body = _annotate_json(b"".join(self._json_parts), self._counts())
+            await self._send_start(len(body))
+            return await self._send({"type": "http.response.body", "body": body})
+        if self._start is not None:
+            await self._send_start(None)
+        body = self._annotate_sse(message.get("body", b""), final=not message.get("more_body", False))
+        return await self._send({**message, "body": body})
+
+    async def _send_start(self, length: int | None) -> None:
+        start, self._start = self._start, None
+        headers = [(k, v) for k, v in start.get("headers", []) if not (length is not None and k == b"content-length")]
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        counts = self._counts() if start["status"] == 200 else None
+        if counts is not None:
+            headers.append((HEADER, f"{counts['visual_tokens_kept']}/{counts['visual_tokens']}".encode()))
+        await self._send({**start, "headers": headers})
+
+    def _annotate_sse(self, chunk: bytes, final: bool) -> bytes:
+        # SSE events end with a blank line; an event split across chunks waits for its end
+        data = self._sse_rest + chunk
+        events = data.split(b"\n\n")
+        self._sse_rest = b"" if final else events.pop()
+        counts = self._counts()
+        out = []
+        for event in events:
+            if event.startswith(b"data: {") and b'"usage"' in event:
+                event = b"data: " + _annotate_json(event[len(b"data: ") :], counts)
+            out.append(event)
+        return b"\n\n".join(out) + (b"\n\n" if events and not final else b"")
+
+
+def _annotate_json(body: bytes, counts: dict | None) -> bytes:
+    if counts is None:
+        return body
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return body
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if not isinstance(usage, dict):
+        return body
+    usage.update(counts)
+    return json.dumps(document).encode()

@@ -1,0 +1,53 @@
+"""The vLLM endpoint plugin (entry point ``vllm.endpoint_plugins``: ``zspa_server``).
+
+vLLM calls ``attach_router`` while it builds its app, before it adds CORS and API-key
+middleware: the middleware added here sits inside those, so an unauthenticated request
+gets vLLM's 401 before any of our checks. ``init_state`` records whether the served model
+can prune (its architecture has a zspa override).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zspa_vllm import MODEL_OVERRIDES
+from zspa_vllm.params import KNOB_NAMES
+
+PLUGIN_NAME = "zspa_server"
+
+
+@dataclass(frozen=True)
+class Support:
+    prunes: bool
+    reason: str = ""
+
+
+def support_for(architectures: list[str], model: str) -> Support:
+    if any(arch in MODEL_OVERRIDES for arch in architectures):
+        return Support(True)
+    return Support(
+        False,
+        f"model {model!r} ({', '.join(architectures) or 'unknown architecture'}) is not one of "
+        f"{sorted(MODEL_OVERRIDES)}",
+    )
+
+
+class ZspaEndpointPlugin:
+    name = PLUGIN_NAME
+    required_tasks = ("generate",)
+
+    def attach_router(self, app) -> None:
+        from server.middleware import ZspaMiddleware
+
+        app.add_middleware(ZspaMiddleware)
+
+    async def init_state(self, engine_client, state, args) -> None:
+        if engine_client is None:  # vLLM's CPU-only render server: nothing to prune
+            state.zspa_support = Support(False, "this server has no engine")
+            return
+        config = engine_client.model_config
+        support = support_for(list(config.architectures or []), config.model)
+        defaults = set(KNOB_NAMES) & set(getattr(args, "mm_processor_kwargs", None) or {})
+        if defaults and not support.prunes:
+            raise ValueError(f"--mm-processor-kwargs sets {sorted(defaults)}, but {support.reason}")
+        state.zspa_support = support

@@ -1,0 +1,85 @@
+"""tensor_parallel_size=2 on the CPU backend: the same output as 1, and every rank selects
+the same tokens (each rank runs the vision encoder and the selection on its own).
+
+The engines run in child processes (tensor parallelism needs worker processes; they log
+their selections through ZSPA_SELECTION_LOG). The fixtures' vision towers have ONE
+attention head, which two ranks cannot split, so each family runs from a copy of its
+fixture with two vision heads of half the width: same weights, same shapes, another (but
+equally valid) model, used for both the TP=1 and the TP=2 run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.engine.harness import fixture_path, visual_tokens
+from tests.engine.stock_reference import child_outputs
+from zspa_vllm.prune import num_kept
+
+pytestmark = pytest.mark.engine
+
+QUESTION = "What is shown in this picture?"
+REQUESTS = [
+    {"images": [(1024, 768, 31)], "question": QUESTION, "knobs": {"keep_rate": 0.25}},
+    {"images": [(336, 336, 32), (500, 375, 33)], "question": QUESTION, "knobs": {"keep_rate": 0.1, "core_ratio": 0.4}},
+]
+VISION_HEADS_KEY = {"llava-1.5": "num_attention_heads", "llava-next": "num_attention_heads", "qwen2.5-vl": "num_heads"}
+# one worker per CPU, no NUMA binding (this machine has one NUMA node; vLLM's automatic
+# binding wants one node per rank)
+TP_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def two_head_copy(family: str, where) -> str:
+    src = fixture_path(family)
+    where.mkdir()
+    for f in src.iterdir():
+        if f.name != "config.json":
+            (where / f.name).symlink_to(f)
+    config = json.loads((src / "config.json").read_text())
+    assert config["vision_config"][VISION_HEADS_KEY[family]] == 1
+    config["vision_config"][VISION_HEADS_KEY[family]] = 2
+    (where / "config.json").write_text(json.dumps(config, indent=2))
+    return str(where)
+
+
+def run(family, model, tp: int, log_dir):
+    log_dir.mkdir()
+    backend = "mp" if tp > 1 else "uni"
+    outputs = child_outputs(
+        family,
+        REQUESTS,
+        plugin=True,
+        env={**TP_ENV, "ZSPA_SELECTION_LOG": str(log_dir)},
+        model=model,
+        tensor_parallel_size=tp,
+        distributed_executor_backend=backend,
+    )
+    logs = {f.name: [json.loads(line) for line in f.read_text().splitlines()] for f in sorted(log_dir.iterdir())}
+    return outputs, logs
+
+
+@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "qwen2.5-vl"])
+def test_tp2_same_output_and_same_selection_on_every_rank(family, tmp_path):
+    model = two_head_copy(family, tmp_path / "model")
+    one, logs_one = run(family, model, 1, tmp_path / "tp1")
+    two, logs_two = run(family, model, 2, tmp_path / "tp2")
+
+    (selections,) = logs_one.values()  # the single-process engine selected in-process
+    images = [(visual_tokens(family, w, h), r["knobs"]["keep_rate"]) for r in REQUESTS for w, h, _ in r["images"]]
+    assert [(s["num_visual"], len(s["kept"])) for s in selections] == [(n, num_kept(n, rate)) for n, rate in images]
+    assert len(logs_two) == 2  # two ranks, each selected
+    for rank_selections in logs_two.values():
+        assert rank_selections == selections
+
+    worst = 0.0
+    for a, b in zip(one, two, strict=True):
+        assert a["prompt_token_ids"] == b["prompt_token_ids"]
+        assert a["token_ids"] == b["token_ids"]
+        for step_a, step_b in zip(a["logprobs"], b["logprobs"], strict=True):
+            worst = max(worst, max(abs(step_a[t] - step_b[t]) for t in step_a))
+    print(f"\n[tp] {family}: TP=2 vs TP=1 max |dlogprob| = {worst:.1e}")
+    assert worst < 1e-4
+    # sensitive: the two requests (other images, other budgets) answer differently
+    assert one[0]["logprobs"][0] != one[1]["logprobs"][0]

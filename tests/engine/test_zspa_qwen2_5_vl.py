@@ -1,0 +1,464 @@
+"""Qwen2.5-VL with the zspa plugin on the real vLLM CPU engine (tiny random-weight fixture).
+
+Images are pruned, videos are not; M-RoPE positions of kept tokens are the unpruned
+ones (zspa_vllm/models/qwen2_5_vl.py). The key test is test_positions_match_transformers:
+transformers, fed the kept rows at their original (t, h, w) positions, reproduces vLLM's
+logprobs, and the same comparison with other position rules fails.
+
+Four engines, one alive at a time, started in file order: "main" (prefix caching on,
+unchunked, one video allowed), "noprefix" (prefix caching off), "chunked" (20 tokens
+per step) and "small-encoder-budget". Stock vLLM's outputs come from a child process started at module begin.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+import torch
+
+from tests.engine.harness import (
+    fixture_path,
+    model_class_of,
+    sampling,
+    step_logprobs,
+    visual_tokens,
+)
+from tests.engine.stock_reference import request_messages, stock_outputs
+from tests.fixtures.images import make_image
+from zspa_vllm import observe
+from zspa_vllm.prune import num_kept, select_tokens
+
+pytestmark = pytest.mark.engine
+
+FAMILY = "qwen2.5-vl"
+IMAGE, VIDEO = 888, 889  # <|image_pad|>, <|video_pad|> (fixture config.json)
+QUESTION = "What is shown in this picture?"
+OTHER_QUESTION = "How many red circles are there in the top left corner?"
+ENCODER_BUDGET = 400  # two 336x336 images (144 tokens each) unpruned
+CHUNK = 20  # tokens per step of the "chunked" engine: the first image token is prompt token 20
+ENGINES = {
+    "main": dict(enable_prefix_caching=True, limit_mm_per_prompt={"image": 2, "video": 1}),
+    "noprefix": dict(enable_prefix_caching=False),
+    "chunked": dict(enable_prefix_caching=True, enable_chunked_prefill=True, max_num_batched_tokens=CHUNK),
+    "small-encoder-budget": dict(max_num_batched_tokens=ENCODER_BUDGET, max_num_seqs=32),
+}
+EXACT_ATOL = 1e-5  # same computation, other schedule / cache (float32)
+HF_ATOL = 1e-4  # vLLM vs transformers, float32 (observed ~1e-6)
+DIFF_MIN = 1e-3  # what a real difference moves some logprob by, at least
+
+_seeds = iter(range(1000, 10_000))
+
+
+def fresh(width: int, height: int) -> tuple[int, int, int]:
+    """An image never sent before (identical images are served from vLLM's caches
+    without running the encoder or our selection again)."""
+    return (width, height, next(_seeds))
+
+
+class Engines:
+    """One engine alive at a time; asking for another frees the current one."""
+
+    def __init__(self, start):
+        self._start, self.name, self.llm = start, None, None
+
+    def get(self, name: str):
+        if self.name != name:
+            self.llm, _ = self._start(FAMILY, **ENGINES[name])
+            self.name = name
+            assert model_class_of(self.llm).__name__ == "ZspaQwen2_5_VLForConditionalGeneration"
+        return self.llm
+
+
+@pytest.fixture(scope="module")
+def engines(zspa_engines):
+    return Engines(zspa_engines)
+
+
+def ask(llm, images, question=QUESTION, max_tokens=3, **knobs):
+    observe.clear()
+    request = {"images": list(images), "question": question}
+    (out,) = llm.chat(
+        request_messages(request), sampling(max_tokens), mm_processor_kwargs=knobs or None, use_tqdm=False
+    )
+    return out
+
+
+def image_runs(token_ids) -> list[tuple[int, int]]:
+    """(start, length) of each run of image placeholder tokens."""
+    runs, i, ids = [], 0, list(token_ids)
+    while i < len(ids):
+        if ids[i] == IMAGE:
+            j = i
+            while j < len(ids) and ids[j] == IMAGE:
+                j += 1
+            runs.append((i, j - i))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def max_diff(a, b, steps: int = 1) -> float:
+    """Largest |logprob| difference over the first ``steps`` generated tokens (outputs
+    or stock records); the greedy tokens must agree."""
+    worst = 0.0
+    for s in range(steps):
+        la, lb = (_step(x, s) for x in (a, b))
+        assert la.keys() == lb.keys()
+        worst = max(worst, max(abs(la[t] - lb[t]) for t in la))
+    return worst
+
+
+def _step(x, s) -> dict[int, float]:
+    if isinstance(x, dict):  # stock_reference record
+        return {int(t): lp for t, lp in x["logprobs"][s].items()}
+    return step_logprobs(x, s)
+
+
+def same_output(a, b, atol=EXACT_ATOL, steps=3) -> float:
+    assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
+    assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+    diff = max_diff(a, b, steps)
+    assert diff <= atol, diff
+    return diff
+
+
+# --------------------------------------------------------------------------- stock vLLM
+STOCK_REQUESTS = [
+    {"images": [(336, 336, 1)], "question": QUESTION},
+    {"images": [(1024, 768, 2)], "question": OTHER_QUESTION},
+    {"images": [(336, 336, 1), (1024, 768, 2)], "question": QUESTION},
+    {"images": [(336, 336, 3)], "question": QUESTION},  # sensitivity: another image
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stock_future():
+    """Stock vLLM's answers, computed in a child process while our engine starts."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        yield pool.submit(stock_outputs, FAMILY, STOCK_REQUESTS)
+
+
+@pytest.mark.parametrize("knobs", [{}, {"keep_rate": 1.0}, {"keep_rate": 0.25, "prune_method": "none"}], ids=str)
+def test_keep_all_is_stock_vllm(engines, stock_future, knobs):
+    llm = engines.get("main")
+    outs = [ask(llm, [tuple(i) for i in r["images"]], r["question"], **knobs) for r in STOCK_REQUESTS[:3]]
+    assert not observe.RECENT  # nothing was selected
+    stock = stock_future.result()
+    for out, ref in zip(outs, stock):
+        assert list(out.prompt_token_ids) == ref["prompt_token_ids"]
+        assert list(out.outputs[0].token_ids) == ref["token_ids"]
+        assert max_diff(out, ref, steps=3) <= EXACT_ATOL
+    # the comparison sees an image change (same prompt ids, other pixels)
+    assert stock[3]["prompt_token_ids"] == stock[0]["prompt_token_ids"]
+    assert max_diff(outs[0], stock[3]) > DIFF_MIN
+
+
+# --------------------------------------------------------------------------- token counts
+@pytest.mark.parametrize("size", [(336, 336), (1024, 768)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_prompt_shrinks_by_pruned_tokens(engines, size):
+    llm = engines.get("main")
+    image = fresh(*size)
+    n = visual_tokens(FAMILY, *size)
+    full = ask(llm, [image])
+    assert image_runs(full.prompt_token_ids) == [(20, n)]
+    text = [t for t in full.prompt_token_ids if t != IMAGE]
+    for rate in (0.1, 0.25, 0.5):
+        out = ask(llm, [image], keep_rate=rate)
+        kept = num_kept(n, rate)
+        print(f"[qwen2.5-vl] {size[0]}x{size[1]} keep_rate={rate}: n={n} l={kept}")
+        assert len(out.prompt_token_ids) == len(full.prompt_token_ids) - (n - kept)
+        assert image_runs(out.prompt_token_ids) == [(20, kept)]
+        assert [t for t in out.prompt_token_ids if t != IMAGE] == text
+        (selection,) = observe.RECENT
+        assert selection.num_visual == n and len(selection.kept) == kept
+
+
+def test_two_images_each_pruned(engines):
+    llm = engines.get("main")
+    images = [fresh(336, 336), fresh(1024, 768)]
+    ns = [visual_tokens(FAMILY, w, h) for w, h, _ in images]
+    full = ask(llm, images)
+    out = ask(llm, images, keep_rate=0.25)
+    kept = [num_kept(n, 0.25) for n in ns]
+    assert [length for _, length in image_runs(full.prompt_token_ids)] == ns
+    assert [length for _, length in image_runs(out.prompt_token_ids)] == kept
+    assert len(full.prompt_token_ids) - len(out.prompt_token_ids) == sum(ns) - sum(kept)
+    assert [s.num_visual for s in observe.RECENT] == ns
+
+
+# --------------------------------------------------------------------------- selection
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"keep_rate": 0.25, "core_ratio": 0.5},
+        {"keep_rate": 0.1, "prune_method": "relevance"},
+        {"keep_rate": 0.1, "prune_method": "divprune"},
+    ],
+    ids=lambda k: k.get("prune_method", "zspa"),
+)
+def test_kept_indices_are_select_tokens(engines, knobs):
+    """The engine keeps exactly what select_tokens picks from the image's projected
+    embeddings (vLLM's own encoder, unpruned) and the question's token embeddings."""
+    from transformers import AutoProcessor
+
+    llm = engines.get("main")
+    w, h, seed = fresh(1024, 768)
+    ask(llm, [(w, h, seed)], **knobs)
+    (selection,) = observe.RECENT
+
+    tokenizer = llm.get_tokenizer()
+    query = tokenizer.encode(QUESTION, add_special_tokens=False)
+    assert list(selection.query_ids) == query  # the last user turn's text, nothing else
+    n = visual_tokens(FAMILY, w, h)
+    keep = num_kept(n, knobs["keep_rate"])
+    # as the engine gets them: vLLM normalises pixels in the model (mm_device_do_normalize)
+    inputs = AutoProcessor.from_pretrained(fixture_path(FAMILY)).image_processor(
+        images=[make_image(w, h, seed)], do_rescale=False, do_normalize=False, return_tensors="pt"
+    )
+    pixels = inputs["pixel_values"]
+    assert torch.equal(pixels, pixels.round()) and 0 <= pixels.min() and pixels.max() <= 255
+    method = knobs.get("prune_method", "zspa")
+    core_ratio = knobs.get("core_ratio", 0.2)
+
+    def expected(model):
+        with torch.no_grad():
+            (visual,) = model.embed_multimodal(
+                pixel_values=pixels.to(torch.uint8), image_grid_thw=inputs["image_grid_thw"]
+            )
+            embedded = model.get_language_model().embed_input_ids(torch.tensor(query))
+            kept = select_tokens(visual, embedded, keep, core_ratio, method=method)
+        return visual.shape[0], kept.tolist()
+
+    ((num_visual, kept),) = llm.apply_model(expected)
+    assert num_visual == n == selection.num_visual
+    assert list(selection.kept) == kept
+    assert len(kept) == keep
+
+
+def test_other_question_other_kept_set_and_prefix_cache(engines):
+    """Same image, two questions: different kept sets (so the caches must key on the
+    question). Prefix caching on, in either order, gives what prefix caching off gives."""
+    image_a, image_b = fresh(336, 336), fresh(336, 336)
+    orders = [(image_a, [QUESTION, OTHER_QUESTION]), (image_b, [OTHER_QUESTION, QUESTION])]
+    llm = engines.get("main")
+    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    cached, kept_sets = {}, {}
+    for image, questions in orders:
+        for q in questions:
+            cached[image, q] = ask(llm, [image], q, keep_rate=0.25)
+            (selection,) = observe.RECENT
+            kept_sets[image, q] = selection.kept
+        # a repeat is served from the caches and answers alike
+        same_output(ask(llm, [image], questions[0], keep_rate=0.25), cached[image, questions[0]])
+        assert not observe.RECENT
+    for image in (image_a, image_b):
+        assert kept_sets[image, QUESTION] != kept_sets[image, OTHER_QUESTION]
+        assert max_diff(cached[image, QUESTION], cached[image, OTHER_QUESTION]) > DIFF_MIN
+
+    llm = engines.get("noprefix")
+    assert not llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    for image, questions in orders:
+        for q in questions:
+            out = ask(llm, [image], q, keep_rate=0.25)
+            assert observe.RECENT[-1].kept == kept_sets[image, q]
+            same_output(out, cached[image, q])
+
+
+# --------------------------------------------------------------------------- chunked prefill
+def test_chunked_prefill_same_as_unchunked(engines):
+    """Chunks of CHUNK tokens cut through pruned images: at an image's first token
+    (prompt token 20, and the second image of case 2), inside images, and with two
+    images in one chunk (case 3). Positions and outputs stay those of one step."""
+    cases = [
+        ([fresh(1024, 768)], 0.1),  # 100 kept: chunk 2 starts on the first image token
+        ([fresh(336, 336), fresh(1024, 768)], 0.4),  # 58 kept: image 2 starts at token 80
+        ([fresh(336, 336), fresh(336, 336)], 0.1),  # 15 + 15 kept: both in chunk [20, 40)
+    ]
+    llm = engines.get("noprefix")
+    assert llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens >= 2048
+    whole = [ask(llm, images, keep_rate=rate) for images, rate in cases]
+    starts = [[start for start, _ in image_runs(out.prompt_token_ids)] for out in whole]
+    assert starts[0] == [20] and starts[1] == [20, 80] and starts[2] == [20, 37]
+
+    llm = engines.get("chunked")
+    assert llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens == CHUNK
+    for (images, rate), ref in zip(cases, whole):
+        out = ask(llm, images, keep_rate=rate)
+        assert len(out.prompt_token_ids) > 2 * CHUNK
+        same_output(out, ref)
+
+
+# --------------------------------------------------------------------------- M-RoPE
+@pytest.fixture(scope="module")
+def hf():
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = fixture_path(FAMILY)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def positions_for(token_ids, grids, kept_sets, rule: str) -> torch.Tensor:
+    """(3, 1, L) M-RoPE position ids of a pruned prompt, written from the model's
+    definition: text advances all three by 1; an image's token at merged-grid cell
+    (r, c) sits at base + (0, r, c); the text after it continues at base + max(h, w).
+    rule "unpruned" is that; "width" continues from base + w (vLLM EVS's rule);
+    "consecutive" gives every token the next position, as if the prompt were text."""
+    ids = list(token_ids)
+    if rule == "consecutive":
+        return torch.arange(len(ids)).view(1, 1, -1).expand(3, 1, -1).clone()
+    rows, i, nxt, image = [], 0, 0, 0
+    while i < len(ids):
+        if ids[i] != IMAGE:
+            rows.append((nxt, nxt, nxt))
+            nxt, i = nxt + 1, i + 1
+            continue
+        (grid_h, grid_w), kept = grids[image], kept_sets[image]
+        rows.extend((nxt, nxt + k // grid_w, nxt + k % grid_w) for k in kept)
+        nxt += max(grid_h, grid_w) if rule == "unpruned" else grid_w
+        i, image = i + len(kept), image + 1
+    return torch.tensor(rows).T.reshape(3, 1, -1)
+
+
+@pytest.mark.parametrize(
+    "sizes, rate",
+    [([(1024, 768)], 0.25), ([(300, 900)], 0.25), ([(336, 336), (300, 900)], 0.1)],
+    ids=["1024x768", "300x900-tall", "two-images"],
+)
+def test_positions_match_transformers(engines, hf, sizes, rate):
+    """vLLM's pruned run = transformers on the kept rows at their unpruned positions."""
+    model, processor = hf
+    llm = engines.get("main")
+    images = [fresh(w, h) for w, h in sizes]
+    out = ask(llm, images, keep_rate=rate)
+    kept_sets = [s.kept for s in observe.RECENT]
+    assert len(kept_sets) == len(images)
+
+    pil = [make_image(*image) for image in images]
+    inputs = processor.image_processor(images=pil, return_tensors="pt")
+    merge = processor.image_processor.merge_size
+    grids = [(int(h) // merge, int(w) // merge) for _, h, w in inputs["image_grid_thw"].tolist()]
+    ids = torch.tensor(out.prompt_token_ids)
+    with torch.no_grad():
+        visual = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+        embeds = model.get_input_embeddings()(ids)
+        rows = torch.cat([v[list(kept)] for v, kept in zip(visual, kept_sets)])
+        embeds[ids == IMAGE] = rows
+
+        def logprobs(rule: str) -> torch.Tensor:
+            position_ids = positions_for(ids, grids, kept_sets, rule)
+            logits = model(inputs_embeds=embeds[None], position_ids=position_ids).logits[0, -1]
+            return torch.log_softmax(logits.float(), dim=-1)
+
+        def diff(rule: str) -> float:
+            reference = logprobs(rule)
+            return max(abs(float(reference[t]) - lp) for t, lp in step_logprobs(out, 0).items())
+
+        unpruned = diff("unpruned")
+        consecutive = diff("consecutive")
+        width = diff("width")
+    print(
+        f"[qwen2.5-vl] {sizes} keep_rate={rate}: vLLM vs transformers max |dlogprob| = {unpruned:.1e}"
+        f" (consecutive positions: {consecutive:.1e}, text after from width: {width:.1e})"
+    )
+    assert int(logprobs("unpruned").argmax()) == out.outputs[0].token_ids[0]
+    assert unpruned < HF_ATOL
+    assert consecutive > DIFF_MIN  # the comparison sees positions
+    if any(gh > gw for gh, gw in grids):  # tall image: max(h, w) is not the width
+        assert width > DIFF_MIN
+
+
+# --------------------------------------------------------------------------- video
+VIDEO_META = {
+    "total_num_frames": 4,
+    "fps": 2.0,
+    "duration": 2.0,
+    "frames_indices": [0, 1, 2, 3],
+    "video_backend": "opencv",
+    "do_sample_frames": False,
+}
+
+
+def _video_prompt(with_image: bool) -> str:
+    media = "<|vision_start|><|image_pad|><|vision_end|>" if with_image else ""
+    return (
+        f"<|im_start|>user\n{media}<|vision_start|><|video_pad|><|vision_end|>{QUESTION}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.parametrize("with_image", [False, True], ids=["video", "image+video"])
+def test_video_is_not_pruned(engines, with_image):
+    llm = engines.get("main")
+    frames = np.stack([np.asarray(make_image(112, 84, next(_seeds))) for _ in range(4)])
+    data = {"video": (frames, VIDEO_META)}
+    if with_image:
+        data["image"] = make_image(*fresh(336, 336))
+
+    def run(**knobs):
+        observe.clear()
+        prompt = {"prompt": _video_prompt(with_image), "multi_modal_data": data, "mm_processor_kwargs": knobs or None}
+        return llm.generate(prompt, sampling(), use_tqdm=False)[0]
+
+    full, pruned = run(), run(keep_rate=0.25)
+    num_video = list(full.prompt_token_ids).count(VIDEO)
+    assert num_video > 0 and list(pruned.prompt_token_ids).count(VIDEO) == num_video
+    if with_image:
+        n = visual_tokens(FAMILY, 336, 336)
+        assert list(pruned.prompt_token_ids).count(IMAGE) == num_kept(n, 0.25)
+        assert [s.num_visual for s in observe.RECENT] == [n]  # the image, not the video
+    else:
+        assert not observe.RECENT
+        same_output(pruned, full)
+
+
+# --------------------------------------------------------------------------- encoder budget
+def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
+    llm = engines.get("small-encoder-budget")
+    n = visual_tokens(FAMILY, 336, 336)
+    images = [fresh(336, 336) for _ in range(12)]
+    conversations = [request_messages({"images": [image], "question": QUESTION}) for image in images]
+    observe.clear()
+    outs = llm.chat(conversations, sampling(1), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
+    assert [[length for _, length in image_runs(o.prompt_token_ids)] for o in outs] == [[num_kept(n, 0.1)]] * 12
+    calls = list(observe.ENCODER_CALLS)
+    assert sum(c.num_images for c in calls) == 12
+    # vLLM charges the budget with 15 pruned tokens per image and hands over more than 2 ...
+    assert max(c.batch_images for c in calls) > ENCODER_BUDGET // n
+    # ... which the plugin encodes in groups whose unpruned tokens fit the budget
+    assert max(c.num_visual_tokens for c in calls) <= ENCODER_BUDGET
+    # grouping changes nothing: each image's kept set is what it gets encoded alone
+    selections = sorted(s.kept for s in observe.RECENT)
+    assert selections == sorted(_kept_when_encoded_alone(llm, images, 0.1))
+    print(f"\n[qwen2.5-vl encoder] images per vision-encoder call / in its embed_multimodal batch: "
+          f"{[f'{c.num_images}/{c.batch_images}' for c in calls]}")
+
+
+def _kept_when_encoded_alone(llm, images, keep_rate, method="zspa", core_ratio=0.2) -> list[tuple[int, ...]]:
+    """select_tokens on each image's embeddings from vLLM's own encoder, one image per call."""
+    from transformers import AutoProcessor
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    image_processor = AutoProcessor.from_pretrained(fixture_path(FAMILY)).image_processor
+    query = llm.get_tokenizer().encode(QUESTION, add_special_tokens=False)
+    inputs = [
+        image_processor(images=[make_image(*image)], do_rescale=False, do_normalize=False, return_tensors="pt")
+        for image in images
+    ]
+
+    def select(model):
+        embedded = model.get_language_model().embed_input_ids(torch.tensor(query))
+        kept = []
+        with torch.no_grad():
+            for x in inputs:
+                (visual,) = Qwen2_5_VLForConditionalGeneration.embed_multimodal(
+                    model, pixel_values=x["pixel_values"].to(torch.uint8), image_grid_thw=x["image_grid_thw"]
+                )
+                keep = num_kept(visual.shape[0], keep_rate)
+                kept.append(tuple(select_tokens(visual, embedded, keep, core_ratio, method=method).tolist()))
+        return kept
+
+    return llm.apply_model(select)[0]

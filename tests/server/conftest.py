@@ -1,0 +1,49 @@
+"""A real ``zspa-serve --demo`` process on 127.0.0.1, shared by the server tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+
+from server.launch import ServerProcess
+
+API_KEY = "test-key-123"
+MAX_BODY_BYTES = 4 * 1024 * 1024  # small, so the 413 test sends little
+
+
+def image_url(seed: int, size=(320, 240)) -> str:
+    from tests.fixtures.images import make_image
+
+    buffer = io.BytesIO()
+    make_image(*size, seed).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def chat_body(model: str, seed: int, question: str = "What color is the big circle?", **extra) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": image_url(seed)}}, {"type": "text", "text": question}]
+    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 2, "temperature": 0, **extra}
+
+
+def start(tmp_path_factory, *args: str) -> ServerProcess:
+    log = tmp_path_factory.mktemp("zspa-serve") / "server.log"
+    server = ServerProcess(["--demo", "--api-key", API_KEY, *args], log, env={"ZSPA_MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
+    seconds = server.wait_healthy(timeout=600)
+    print(f"\n[zspa-serve] {' '.join(args) or 'defaults'}: healthy after {seconds:.1f} s")
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    server = start(tmp_path_factory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def model(server) -> str:
+    import httpx
+
+    response = httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+    return response.json()["data"][0]["id"]

@@ -1,0 +1,79 @@
+"""zspa-serve's command line: what it hands to vllm serve (no server started)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server import demo
+from server.cli import build_vllm_argv, enable_plugins, vllm_parser
+
+
+def parsed(argv):
+    vllm_argv = build_vllm_argv(argv)
+    assert vllm_argv[0] == "serve"
+    return vllm_parser().parse_args(vllm_argv[1:])
+
+
+def test_knob_flags_become_vllm_mm_processor_kwargs():
+    args = parsed(["org/model", "--keep-rate", "0.25", "--core-ratio", "0.4", "--port", "9000"])
+    assert args.model_tag == "org/model" and args.port == 9000
+    assert args.mm_processor_kwargs == {"keep_rate": "0.25", "core_ratio": "0.4"}
+
+
+def test_no_knob_flags_add_nothing():
+    args = parsed(["org/model", "--tensor-parallel-size", "2"])
+    assert args.mm_processor_kwargs is None and args.tensor_parallel_size == 2
+
+
+def test_flags_merge_with_the_users_mm_processor_kwargs():
+    argv = ["org/model", "--mm-processor-kwargs", json.dumps({"max_pixels": 1000, "keep_rate": 0.5}), "--prune-method", "divprune"]
+    assert parsed(argv).mm_processor_kwargs == {"max_pixels": 1000, "keep_rate": 0.5, "prune_method": "divprune"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["m", "--keep-rate", "2"], "keep-rate must be in (0, 1]"),
+        (["m", "--core-ratio", "abc"], "core-ratio must be a number"),
+        (["m", "--prune-method", "fast"], "prune-method must be one of"),
+        (["m", "--keep-rate", "0.5", "--mm-processor-kwargs", '{"keep_rate": 0.25}'], "contradicts"),
+        (["m", "--demo"], "--demo serves the built-in demo model"),
+    ],
+)
+def test_bad_command_lines_exit_2_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_vllm_argv(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["--demo"], ["--demo", "--keep-rate", "0.25", "--max-model-len", "2048"]])
+def test_no_model_or_demo_serves_the_demo_model(argv):
+    args = parsed(argv)
+    assert args.model_tag == demo.model_path()
+    assert args.served_model_name == [demo.SERVED_NAME]
+    assert args.max_model_len == (2048 if "--max-model-len" in argv else 4096)
+    assert args.enforce_eager
+
+
+def test_demo_model_is_the_llava_fixture_byte_for_byte():
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "llava-1.5"
+    packaged = Path(demo.model_path())
+    assert sorted(p.name for p in packaged.iterdir()) == sorted(p.name for p in fixture.iterdir())
+    for path in fixture.iterdir():
+        assert (packaged / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_plugins_are_enabled_next_to_the_users_choice(monkeypatch):
+    monkeypatch.setenv("VLLM_PLUGINS", "other")
+    enable_plugins()
+    import os
+
+    assert set(os.environ["VLLM_PLUGINS"].split(",")) == {"other", "zspa", "zspa_server"}
+    monkeypatch.delenv("VLLM_PLUGINS")
+    enable_plugins()
+    assert {"zspa", "zspa_server"} <= set(os.environ["VLLM_PLUGINS"].split(","))

@@ -1,0 +1,215 @@
+"""zspa-serve end to end: a real server process, real HTTP, the demo model (LLaVA-1.5
+geometry: 576 visual tokens per image)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+import pytest
+
+from tests.server.conftest import API_KEY, MAX_BODY_BYTES, chat_body, image_url
+from zspa_vllm.prune import num_kept
+
+pytestmark = pytest.mark.server
+
+N = 576
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def post(server, body, path="/v1/chat/completions", **kw) -> httpx.Response:
+    return httpx.post(f"{server.base_url}{path}", json=body, headers=AUTH, timeout=120, **kw)
+
+
+@pytest.fixture(scope="module")
+def text_tokens(server, model) -> int:
+    """Prompt tokens of the chat request besides the image's."""
+    usage = post(server, chat_body(model, 1)).json()["usage"]
+    assert usage["visual_tokens"] == usage["visual_tokens_kept"] == N
+    return usage["prompt_tokens"] - N
+
+
+def test_models_endpoint_labels_the_demo(server, model):
+    assert "RANDOM-WEIGHTS" in model
+    assert "RANDOM weights" in server.log_tail(10**6)
+
+
+def test_openai_client_extra_body(server, model, text_tokens):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY)
+    body = chat_body(model, 2)
+    full = client.chat.completions.create(model=model, messages=body["messages"], max_tokens=2)
+    pruned = client.chat.completions.create(
+        model=model, messages=body["messages"], max_tokens=2, extra_body={"keep_rate": 0.1, "core_ratio": 0.2}
+    )
+    assert full.usage.prompt_tokens == text_tokens + N
+    assert pruned.usage.prompt_tokens == text_tokens + num_kept(N, 0.1)
+    assert pruned.usage.model_extra == {"visual_tokens": N, "visual_tokens_kept": 58}
+    assert full.usage.model_extra == {"visual_tokens": N, "visual_tokens_kept": N}
+
+
+def test_native_mm_processor_kwargs_and_both_spellings_alike(server, model, text_tokens):
+    native = post(server, chat_body(model, 3, mm_processor_kwargs={"keep_rate": 0.25}))
+    both = post(server, chat_body(model, 3, keep_rate="0.25", mm_processor_kwargs={"keep_rate": 0.250}))
+    for response in (native, both):
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["prompt_tokens"] == text_tokens + 144
+        assert response.headers["x-zspa-visual-tokens"] == f"144/{N}"
+    assert native.json()["choices"][0]["message"] == both.json()["choices"][0]["message"]
+
+
+def test_streaming_reports_counts(server, model, text_tokens):
+    body = chat_body(model, 4, keep_rate=0.5, stream=True, stream_options={"include_usage": True})
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, headers=AUTH, timeout=120) as r:
+        assert r.status_code == 200
+        assert r.headers["x-zspa-visual-tokens"] == f"288/{N}"
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    usages = [c["usage"] for c in chunks if c.get("usage")]
+    assert usages[-1]["prompt_tokens"] == text_tokens + 288
+    assert usages[-1]["visual_tokens"] == N and usages[-1]["visual_tokens_kept"] == 288
+    assert usages[-1]["completion_tokens"] == 2 and any(c["choices"] for c in chunks)
+
+
+def test_api_key_is_enforced(server, model):
+    body = chat_body(model, 5, keep_rate=0.25)
+    assert httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=wrong, timeout=60).status_code == 401
+    # auth comes before our checks: a bad knob without a key is still a 401
+    bad = chat_body(model, 5, keep_rate="abc")
+    assert httpx.post(f"{server.base_url}/v1/chat/completions", json=bad, timeout=60).status_code == 401
+    assert httpx.get(f"{server.base_url}/health").status_code == 200  # not guarded
+
+
+BAD_KNOBS = [
+    ({"keep_rate": "abc"}, "keep_rate"),
+    ({"keep_rate": ""}, "keep_rate"),
+    ({"keep_rate": 0}, "keep_rate"),
+    ({"keep_rate": 1.5}, "keep_rate"),
+    ({"keep_rate": -0.1}, "keep_rate"),
+    ({"keep_rate": True}, "keep_rate"),
+    ({"keep_rate": [0.5]}, "keep_rate"),
+    ({"keep_rate": {"v": 0.5}}, "keep_rate"),
+    ({"keep_rate": "NaN"}, "keep_rate"),
+    ({"keep_rate": "inf"}, "keep_rate"),
+    ({"keep_rate": 1e-12}, "keep_rate"),
+    ({"core_ratio": 1.01}, "core_ratio"),
+    ({"core_ratio": -1}, "core_ratio"),
+    ({"core_ratio": "x"}, "core_ratio"),
+    ({"prune_method": "fast"}, "prune_method"),
+    ({"prune_method": 3}, "prune_method"),
+    ({"mm_processor_kwargs": {"keep_rate": 2}}, "mm_processor_kwargs.keep_rate"),
+    ({"mm_processor_kwargs": {"prune_method": None, "core_ratio": "?"}}, "mm_processor_kwargs.core_ratio"),
+    ({"mm_processor_kwargs": "keep_rate=0.5"}, "mm_processor_kwargs"),
+    ({"keep_rate": 0.25, "mm_processor_kwargs": {"keep_rate": 0.5}}, "keep_rate"),
+    # other processor / media kwargs: only with --trust-request-mm-kwargs
+    ({"mm_processor_kwargs": {"keep_rate": 0.5, "num_crops": 4}}, "mm_processor_kwargs.num_crops"),
+    ({"media_io_kwargs": {"image": {"mode": "RGB"}}}, "media_io_kwargs"),
+]
+
+
+@pytest.mark.parametrize("extra, param", BAD_KNOBS, ids=[json.dumps(e)[:60] for e, _ in BAD_KNOBS])
+def test_bad_knobs_are_400_naming_the_field(server, model, extra, param):
+    response = post(server, chat_body(model, 6, **extra))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["code"] == 400
+    assert param.split(".")[-1] in error["message"]
+
+
+def raw(server, content: bytes, content_type="application/json") -> httpx.Response:
+    headers = {**AUTH, "Content-Type": content_type}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", content=content, headers=headers, timeout=120)
+
+
+def test_bad_bodies_are_400_or_413_and_the_server_stays_healthy(server, model, text_tokens):
+    cases = {
+        "malformed JSON": (raw(server, b'{"model": "x", "messages": ['), 400),
+        "not an object": (raw(server, b"[1, 2, 3]"), 400),
+        "not UTF-8": (raw(server, b'{"keep_rate": "\xff"}'), 400),
+        "NaN literal": (raw(server, json.dumps(chat_body(model, 7)).encode()[:-1] + b', "keep_rate": NaN}'), 400),
+        "messages missing": (post(server, {"model": model, "keep_rate": 0.5}), 400),
+        "oversized": (raw(server, b'{"pad": "' + b"x" * MAX_BODY_BYTES + b'"}'), 413),
+    }
+    for name, (response, status) in cases.items():
+        assert response.status_code == status, (name, response.text)
+        assert set(response.json()["error"]) >= {"message", "type", "code"}, name
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+    good = post(server, chat_body(model, 8, keep_rate=0.1))
+    assert good.status_code == 200 and good.json()["usage"]["prompt_tokens"] == text_tokens + 58
+
+
+def test_tokenize_endpoint_takes_the_knobs(server, model, text_tokens):
+    body = chat_body(model, 9, keep_rate=0.25)
+    body.pop("max_tokens"), body.pop("temperature")
+    response = post(server, body, path="/tokenize")
+    assert response.status_code == 200, response.text
+    assert response.json()["count"] == text_tokens + 144
+    assert post(server, {**body, "keep_rate": 7}, path="/tokenize").json()["error"]["param"] == "keep_rate"
+
+
+def test_64_concurrent_requests_with_mixed_knobs(server, model, text_tokens):
+    settings = [{}, {"keep_rate": 1.0}, {"keep_rate": 0.5}, {"keep_rate": 0.25, "core_ratio": 0.4},
+                {"keep_rate": 0.1}, {"keep_rate": 0.1, "prune_method": "divprune"}, {"keep_rate": 0.3, "prune_method": "relevance"},
+                {"mm_processor_kwargs": {"keep_rate": 0.75}}]
+
+    async def one(client, i):
+        knobs = settings[i % len(settings)]
+        response = await client.post("/v1/chat/completions", json=chat_body(model, 1000 + i, **knobs))
+        return knobs, response
+
+    async def run_all():
+        async with httpx.AsyncClient(base_url=server.base_url, headers=AUTH, timeout=600) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(64)))
+
+    results = asyncio.run(run_all())
+    for knobs, response in results:
+        assert response.status_code == 200, response.text
+        rate = knobs.get("keep_rate", knobs.get("mm_processor_kwargs", {}).get("keep_rate", 1.0))
+        usage = response.json()["usage"]
+        assert usage["prompt_tokens"] == text_tokens + num_kept(N, rate), knobs
+        assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (N, num_kept(N, rate))
+
+
+def test_client_disconnecting_mid_stream_does_not_disturb_later_requests(server, model, text_tokens):
+    body = chat_body(model, 10, keep_rate=0.25, stream=True, max_tokens=200, ignore_eos=True)
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, headers=AUTH, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # one chunk, then hang up
+    for seed in (11, 12):
+        response = post(server, chat_body(model, seed, keep_rate=0.25))
+        assert response.status_code == 200
+        assert response.json()["usage"]["prompt_tokens"] == text_tokens + 144
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+
+
+def _counter(text: str, name: str, method: str) -> float:
+    match = re.search(rf'^{name}_total\{{method="{method}"\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_count_visual_tokens_before_and_after(server, model):
+    def scrape():
+        text = httpx.get(f"{server.base_url}/metrics").text
+        return {(name, m): _counter(text, name, m) for name in ("zspa_visual_tokens", "zspa_visual_tokens_kept")
+                for m in ("zspa", "divprune", "none")}
+
+    before = scrape()
+    assert post(server, chat_body(model, 13, keep_rate=0.25)).status_code == 200
+    assert post(server, chat_body(model, 14, keep_rate=0.1, prune_method="divprune")).status_code == 200
+    assert post(server, chat_body(model, 15)).status_code == 200
+    assert post(server, chat_body(model, 16, keep_rate="oops")).status_code == 400  # counts nothing
+    after = scrape()
+    delta = {key: after[key] - before[key] for key in after}
+    assert delta == {
+        ("zspa_visual_tokens", "zspa"): N, ("zspa_visual_tokens_kept", "zspa"): 144,
+        ("zspa_visual_tokens", "divprune"): N, ("zspa_visual_tokens_kept", "divprune"): 58,
+        ("zspa_visual_tokens", "none"): N, ("zspa_visual_tokens_kept", "none"): N,
+    }
+    assert "vllm:prompt_tokens" in httpx.get(f"{server.base_url}/metrics").text  # vLLM's own are still there

@@ -1,0 +1,57 @@
+"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``) with ZSPAPrune.
+
+What is pruned: the whole flattened any-resolution sequence of one image exactly as vLLM's
+``LlavaNextForConditionalGeneration.embed_multimodal`` returns it -- the base (336 view)
+tile features, then the unpadded grid features row by row, each row followed by its
+``image_newline`` row. ``n`` is that length, which is the placeholder count vLLM uses
+(``LlavaNextProcessingInfo.get_num_image_tokens`` of the image size); ``l = num_kept(n,
+keep_rate)``. Newline rows compete like any other token (they are identical vectors, so
+the diversity step keeps at most one of them unless the relevance core wants more). The
+kept rows keep their relative order (base first, then the grid in raster order).
+
+1-D RoPE: the kept tokens simply take consecutive positions, nothing else changes.
+"""
+
+from __future__ import annotations
+
+from vllm.model_executor.models.llava import LlavaDummyInputsBuilder
+from vllm.model_executor.models.llava_next import (
+    LlavaNextForConditionalGeneration,
+    LlavaNextMultiModalProcessor,
+    LlavaNextProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.processing import PromptReplacement
+
+from zspa_vllm.model import PruningModelMixin
+from zspa_vllm.processor import PruningProcessorMixin
+from zspa_vllm.query import MISTRAL_USER_TURN
+
+
+class ZspaLlavaNextMultiModalProcessor(PruningProcessorMixin, LlavaNextMultiModalProcessor):
+    QUERY_PATTERN = MISTRAL_USER_TURN  # llava-v1.6-mistral: "[INST] <image>\n{question} [/INST]"
+
+    def _zspa_visual_counts(self, hf_data, processed):
+        # image_sizes: (height, width) of each original image, as the HF processor saw it
+        return [
+            int(self.info.get_num_image_tokens(image_width=int(w), image_height=int(h)))
+            for h, w in processed["image_sizes"].tolist()
+        ]
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        # same replacement as vLLM's (its count comes from the image size), pruned
+        (update,) = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        token_id = self.info.get_hf_config().image_token_index
+
+        def pruned_replacement(item_idx: int):
+            full = update.replacement(item_idx) if callable(update.replacement) else update.replacement
+            return [token_id] * self._zspa_placeholder_count(len(full), hf_processor_mm_kwargs)
+
+        return [PromptReplacement(modality="image", target=update.target, replacement=pruned_replacement)]
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    ZspaLlavaNextMultiModalProcessor, info=LlavaNextProcessingInfo, dummy_inputs=LlavaDummyInputsBuilder
+)
+class ZspaLlavaNextForConditionalGeneration(PruningModelMixin, LlavaNextForConditionalGeneration):
+    """vLLM's LLaVA-NeXT with ZSPAPrune after the any-resolution merge (newlines included)."""
