@@ -19,6 +19,14 @@ inputs_hash() {
     cat scripts/bootstrap.sh requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1
 }
 
+# Debian's docker-compose validates the compose files (tests/deploy); not a pip package.
+if ! command -v docker-compose >/dev/null; then
+    echo "bootstrap: Debian's docker-compose (apt)"
+    SUDO=(); [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq docker-compose >/dev/null
+fi
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(inputs_hash)" ]]; then
     exit 0
 fi

@@ -26,17 +26,21 @@ def chat_body(model: str, seed: int, question: str = "What color is the big circ
     return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 2, "temperature": 0, **extra}
 
 
+SERVER_ENV = {"ZSPA_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
 def start(tmp_path_factory, *args: str) -> ServerProcess:
+    """``zspa-serve ARGS --api-key API_KEY``, healthy."""
     log = tmp_path_factory.mktemp("zspa-serve") / "server.log"
-    server = ServerProcess(["--demo", "--api-key", API_KEY, *args], log, env={"ZSPA_MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
+    server = ServerProcess([*args, "--api-key", API_KEY], log, env=SERVER_ENV)
     seconds = server.wait_healthy(timeout=600)
-    print(f"\n[zspa-serve] {' '.join(args) or 'defaults'}: healthy after {seconds:.1f} s")
+    print(f"\n[zspa-serve] {' '.join(args)}: healthy after {seconds:.1f} s")
     return server
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    server = start(tmp_path_factory)
+    server = start(tmp_path_factory, "--demo")
     yield server
     server.stop()
 

@@ -213,3 +213,17 @@ def test_metrics_count_visual_tokens_before_and_after(server, model):
         ("zspa_visual_tokens", "none"): N, ("zspa_visual_tokens_kept", "none"): N,
     }
     assert "vllm:prompt_tokens" in httpx.get(f"{server.base_url}/metrics").text  # vLLM's own are still there
+
+
+def test_responses_endpoint_takes_the_knobs_and_reports_counts(server, model):
+    from tests.server.conftest import image_url
+
+    content = [{"type": "input_image", "image_url": image_url(17)}, {"type": "input_text", "text": "What is it?"}]
+    body = {"model": model, "input": [{"role": "user", "content": content}], "max_output_tokens": 2}
+    full = post(server, body, path="/v1/responses")
+    pruned = post(server, {**body, "keep_rate": 0.25}, path="/v1/responses")
+    assert full.status_code == pruned.status_code == 200, pruned.text
+    assert full.json()["usage"]["input_tokens"] - pruned.json()["usage"]["input_tokens"] == N - 144
+    assert (pruned.json()["usage"]["visual_tokens"], pruned.json()["usage"]["visual_tokens_kept"]) == (N, 144)
+    assert pruned.headers["x-zspa-visual-tokens"] == f"144/{N}"
+    assert post(server, {**body, "core_ratio": 3}, path="/v1/responses").json()["error"]["param"] == "core_ratio"

@@ -21,16 +21,11 @@ from zspa_vllm.processor import PruningProcessorMixin
 from zspa_vllm.query import LLAVA_USER_TURN
 
 
-class ZspaLlavaMultiModalProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
-    QUERY_PATTERN = LLAVA_USER_TURN  # "USER: <image>\n{question} ASSISTANT:"
-
-    def _zspa_visual_counts(self, hf_data, processed):
-        return [int(self.info.get_num_image_tokens(image_width=1, image_height=1))] * len(
-            processed["pixel_values"]
-        )
+class PrunedLlavaPlaceholders:
+    """vLLM's one LLaVA image replacement (LLaVA-1.5 and LLaVA-NeXT), with the pruned
+    count; mix in before a ``BaseLlavaMultiModalProcessor``."""
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        # same replacement as vLLM's, with the pruned count
         (update,) = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
         token_id = self.info.get_hf_config().image_token_index
 
@@ -39,6 +34,15 @@ class ZspaLlavaMultiModalProcessor(PruningProcessorMixin, LlavaMultiModalProcess
             return [token_id] * self._zspa_placeholder_count(len(full), hf_processor_mm_kwargs)
 
         return [PromptReplacement(modality="image", target=update.target, replacement=pruned_replacement)]
+
+
+class ZspaLlavaMultiModalProcessor(PruningProcessorMixin, PrunedLlavaPlaceholders, LlavaMultiModalProcessor):
+    QUERY_PATTERN = LLAVA_USER_TURN  # "USER: <image>\n{question} ASSISTANT:"
+
+    def _zspa_visual_counts(self, hf_data, processed):
+        return [int(self.info.get_num_image_tokens(image_width=1, image_height=1))] * len(
+            processed["pixel_values"]
+        )
 
 
 def _build_processor(info, dummy_inputs):

@@ -21,14 +21,14 @@ from vllm.model_executor.models.llava_next import (
     LlavaNextProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.processing import PromptReplacement
 
 from zspa_vllm.model import PruningModelMixin
+from zspa_vllm.models.llava import PrunedLlavaPlaceholders
 from zspa_vllm.processor import PruningProcessorMixin
 from zspa_vllm.query import MISTRAL_USER_TURN
 
 
-class ZspaLlavaNextMultiModalProcessor(PruningProcessorMixin, LlavaNextMultiModalProcessor):
+class ZspaLlavaNextMultiModalProcessor(PruningProcessorMixin, PrunedLlavaPlaceholders, LlavaNextMultiModalProcessor):
     QUERY_PATTERN = MISTRAL_USER_TURN  # llava-v1.6-mistral: "[INST] <image>\n{question} [/INST]"
 
     def _zspa_visual_counts(self, hf_data, processed):
@@ -37,17 +37,6 @@ class ZspaLlavaNextMultiModalProcessor(PruningProcessorMixin, LlavaNextMultiModa
             int(self.info.get_num_image_tokens(image_width=int(w), image_height=int(h)))
             for h, w in processed["image_sizes"].tolist()
         ]
-
-    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        # same replacement as vLLM's (its count comes from the image size), pruned
-        (update,) = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
-        token_id = self.info.get_hf_config().image_token_index
-
-        def pruned_replacement(item_idx: int):
-            full = update.replacement(item_idx) if callable(update.replacement) else update.replacement
-            return [token_id] * self._zspa_placeholder_count(len(full), hf_processor_mm_kwargs)
-
-        return [PromptReplacement(modality="image", target=update.target, replacement=pruned_replacement)]
 
 
 @MULTIMODAL_REGISTRY.register_processor(

