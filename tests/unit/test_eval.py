@@ -1,0 +1,126 @@
+"""zspa-eval's dataset loading, scorers, sweep layout and summaries on hand-made cases."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zspa_eval.dataset import load_rows
+from zspa_eval.report import markdown, summarize
+from zspa_eval.scoring import choice_letter, is_correct, normalize, pope_scores, yes_no
+from zspa_eval.sweep import UNPRUNED, Cell, cells
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("The Red circle.", "red circle"), ("  A  dog, an apple!", "dog apple"), ("2", "2"), ("", "")],
+)
+def test_normalize(text, expected):
+    assert normalize(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("Yes", "yes"), ("no.", "no"), ("Yes, there is.", "yes"), ("I think no", "no"), ("maybe", None), ("yesterday", None)],
+)
+def test_yes_no(text, expected):
+    assert yes_no(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("B", "B"), ("B.", "B"), ("(C) triangle", "C"), ("The answer is A", "A"), ("A: circle", "A"), ("circle", None), ("b", None)],
+)
+def test_choice_letter(text, expected):
+    assert choice_letter(text) == expected
+
+
+@pytest.mark.parametrize(
+    "prediction, answer, answer_type, correct",
+    [
+        ("Yes.", "yes", "yesno", True),
+        ("No", "yes", "yesno", False),
+        ("unsure", "no", "yesno", False),
+        ("B. white", "B", "mc", True),
+        ("A", "b", "mc", False),
+        ("The red.", "red", "short", True),
+        ("red circle", "red", "short", False),
+    ],
+)
+def test_is_correct(prediction, answer, answer_type, correct):
+    assert is_correct(prediction, answer, answer_type) is correct
+
+
+def test_is_correct_refuses_unknown_types():
+    with pytest.raises(ValueError, match="'essay'"):
+        is_correct("x", "x", "essay")
+
+
+def test_pope_scores_by_hand():
+    # truth:  yes yes yes no  no  no
+    # said:   yes no  yes yes no  ???(counts as no)
+    scores = pope_scores(["yes", "no", "Yes!", "yes", "no", "hmm"], ["yes", "yes", "yes", "no", "no", "no"])
+    assert scores.precision == pytest.approx(2 / 3)  # tp 2, fp 1
+    assert scores.recall == pytest.approx(2 / 3)  # tp 2, fn 1
+    assert scores.f1 == pytest.approx(2 / 3)
+    assert scores.yes_ratio == pytest.approx(3 / 6)
+    assert pope_scores(["no"], ["yes"]).f1 == 0.0
+
+
+def test_cells_layout():
+    sweep = cells([0.5, 0.1, 1.0], [0.2, 0.4], ["zspa", "divprune", "none"])
+    assert sweep[0] == UNPRUNED
+    assert set(sweep[1:]) == {
+        Cell("zspa", 0.5, 0.2), Cell("zspa", 0.5, 0.4), Cell("zspa", 0.1, 0.2), Cell("zspa", 0.1, 0.4),
+        Cell("divprune", 0.5, None), Cell("divprune", 0.1, None),
+    }
+    assert Cell("zspa", 0.25, 0.2).key == "zspa(keep=0.25,core=0.2)"
+    with pytest.raises(ValueError, match="keep_rate"):
+        cells([0.0], [0.2], ["zspa"])
+
+
+def _record(cell, i, type_, correct, prediction="x", answer="x", error=None):
+    return {"cell": cell.key, "knobs": {"prune_method": cell.prune_method, "keep_rate": cell.keep_rate,
+            "core_ratio": cell.core_ratio}, "id": str(i), "type": type_, "answer": answer, "prediction": prediction,
+            "correct": correct, "visual_tokens_kept": 10, "error": error}
+
+
+def test_summaries_relative_to_unpruned_and_errors_apart():
+    pruned = Cell("zspa", 0.25, 0.2)
+    records = [_record(UNPRUNED, i, "short", ok) for i, ok in enumerate([True, True, True, False])]
+    records += [_record(pruned, 0, "short", True), _record(pruned, 1, "short", False),
+                _record(pruned, 2, "yesno", True, "yes", "yes"), _record(pruned, 3, "short", None, error="HTTP 500")]
+    records += [_record(pruned, 1, "short", True)]  # a later answer for the same row wins
+    by_cell = {s["cell"]: s for s in summarize(records)}
+    assert by_cell[UNPRUNED.key]["accuracy"] == 0.75
+    assert by_cell[pruned.key]["accuracy"] == 1.0 and by_cell[pruned.key]["errors"] == 1
+    assert by_cell[pruned.key]["relative_accuracy"] == pytest.approx(1.0 / 0.75)
+    assert by_cell[pruned.key]["pope_f1"] == 1.0
+    text = markdown(list(by_cell.values()))
+    assert "| zspa(keep=0.25,core=0.2) |" in text and "133.3%" in text
+    assert "| 0.2 | 100.0 |" in text  # the core_ratio x keep_rate grid
+
+
+SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "eval" / "synthetic.jsonl"
+
+
+def test_synthetic_dataset_loads_every_image_form():
+    rows = load_rows(str(SYNTHETIC))
+    assert [r.type for r in rows].count("yesno") == 4 and len(rows) == 8
+    assert all(r.image_url.startswith("data:image/png;base64,") for r in rows)  # file, bare base64, data URL
+    assert load_rows(str(SYNTHETIC), limit=3)[-1].id == "q2"
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"image": "x.png", "question": "q", "answer": "a"}, "missing 'type'"),
+        ({"image": "x.png", "question": "q", "answer": "a", "type": "essay"}, "type must be one of"),
+        ({"image": "no such file!", "question": "q", "answer": "a", "type": "short"}, "not a file, URL or base64"),
+    ],
+)
+def test_bad_rows_name_the_row_and_field(tmp_path, record, message):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_rows(str(data))
