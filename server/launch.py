@@ -23,12 +23,18 @@ def free_port() -> int:
 class ServerProcess:
     """``zspa-serve ARGS --host 127.0.0.1 --port PORT``, its output in ``log_path``."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, *, stock: bool = False) -> None:
+        """``stock``: vLLM's own ``serve`` with every plugin off (VLLM_PLUGINS=""), for
+        comparisons; ``args`` are then vllm serve's."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        exe = shutil.which("zspa-serve", path=str(Path(sys.executable).parent)) or "zspa-serve"
-        command = [exe, *args, "--host", "127.0.0.1", "--port", str(self.port)]
+        if stock:
+            env = {**(env or {}), "VLLM_PLUGINS": ""}
+            program = [sys.executable, "-c", "import sys; from server.cli import run_vllm_serve; run_vllm_serve(sys.argv[1:])", "serve"]
+        else:
+            program = [shutil.which("zspa-serve", path=str(Path(sys.executable).parent)) or "zspa-serve"]
+        command = [*program, *args, "--host", "127.0.0.1", "--port", str(self.port)]
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True

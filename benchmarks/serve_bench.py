@@ -1,0 +1,282 @@
+"""Serving benchmark: stock vLLM (plugin off) against zspa-serve at keep_rate 1, 0.5,
+0.25 and 0.1, on one engine configuration, same image-plus-question workload, fixed
+concurrency, run side by side in one go and repeated.
+
+On a CPU it builds a random-weight mid-size model per family (the tiny fixture's vision
+tower and tokenizer, a larger LLM: --hidden/--layers) so that the LLM prefill dominates;
+on a GPU pass --model for a real checkpoint. Reports TTFT p50/p95, requests/s, output
+tokens/s, prompt tokens per request, peak KV-cache usage and the concurrency the KV cache
+admits, as a markdown table, JSON and a PNG under benchmarks/results/.
+
+    python benchmarks/serve_bench.py --families llava-1.5,qwen2.5-vl --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+
+from server.launch import ServerProcess  # noqa: E402
+from tests.engine.harness import fixture_path, visual_tokens  # noqa: E402
+from tests.server.conftest import image_url  # noqa: E402
+from zspa_vllm.prune import num_kept  # noqa: E402
+
+KEEP_RATES = [1.0, 0.5, 0.25, 0.1]
+QUESTION = "Describe the objects in this picture and their colors."
+IMAGE_SIZE = (1024, 768)
+MODEL_CLASSES = {
+    "llava-1.5": "LlavaForConditionalGeneration",
+    "llava-next": "LlavaNextForConditionalGeneration",
+    "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
+}
+
+
+# --------------------------------------------------------------------------- the model
+def build_model(family: str, hidden: int, layers: int, out: Path) -> Path:
+    """The family's fixture with a larger random-weight LLM (transformers' own init),
+    saved in the real checkpoints' layout (scripts/make_fixtures.py)."""
+    import make_fixtures
+    import torch
+    import transformers
+
+    src = fixture_path(family)
+    out.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name not in ("model.safetensors", "config.json"):
+            shutil.copy(f, out / f.name)
+    config = transformers.AutoConfig.from_pretrained(src)
+    text = config.text_config
+    text.hidden_size, text.num_hidden_layers = hidden, layers
+    text.intermediate_size = int(hidden * 2.75) // 64 * 64
+    text.num_attention_heads = text.num_key_value_heads = hidden // 64
+    if getattr(text, "layer_types", None):  # one entry per layer (Qwen2)
+        text.layer_types = [text.layer_types[0]] * layers
+    if family == "qwen2.5-vl":
+        config.vision_config.out_hidden_size = hidden
+    torch.manual_seed(0)
+    model = getattr(transformers, MODEL_CLASSES[family])(config).to(torch.float32).eval()
+    rename = make_fixtures._qwen_rename if family == "qwen2.5-vl" else make_fixtures._llava_rename
+    make_fixtures._save_weights(model, out, rename)
+    config.save_pretrained(out)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"[{family}] built {out} ({params / 1e6:.0f}M parameters, LLM {layers}x{hidden})", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- one run
+async def _one(client, model, seed, knobs, size, max_tokens):
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url(seed, size)}},
+                                                      {"type": "text", "text": QUESTION}]}], **knobs}
+    start, ttft, usage = time.perf_counter(), None, None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk.get("choices"):
+                ttft = time.perf_counter() - start
+            usage = chunk.get("usage") or usage
+    return ttft, usage
+
+
+async def _kv_sampler(client, stop: asyncio.Event, peaks: list[float]):
+    while not stop.is_set():
+        text = (await client.get("/metrics")).text
+        match = re.search(r"^vllm:kv_cache_usage_perc\{[^}]*\} (\S+)$", text, re.M)
+        if match:
+            peaks.append(float(match.group(1)))
+        await asyncio.sleep(0.2)
+
+
+async def _workload(base_url, model, seeds, knobs, size, concurrency, max_tokens):
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=3600) as client:
+
+        async def bounded(seed):
+            async with limit:
+                return await _one(client, model, seed, knobs, size, max_tokens)
+
+        stop, peaks = asyncio.Event(), []
+        sampler = asyncio.create_task(_kv_sampler(client, stop, peaks))
+        start = time.perf_counter()
+        results = await asyncio.gather(*(bounded(seed) for seed in seeds))
+        wall = time.perf_counter() - start
+        stop.set()
+        await sampler
+    ttfts = sorted(t for t, _ in results)
+    return {
+        "ttft_p50_ms": 1000 * statistics.median(ttfts),
+        "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+        "requests_per_s": len(seeds) / wall,
+        "output_tokens_per_s": sum(u["completion_tokens"] for _, u in results) / wall,
+        "prompt_tokens": statistics.mean(u["prompt_tokens"] for _, u in results),
+        "visual_tokens_kept": statistics.mean(u["visual_tokens_kept"] for _, u in results)
+        if all("visual_tokens_kept" in u for _, u in results) else None,
+        "kv_cache_peak_pct": 100 * max(peaks) if peaks else None,
+    }
+
+
+def _kv_tokens(log: str) -> int | None:
+    match = re.search(r"KV cache size: ([\d,]+) tokens", log)
+    return int(match.group(1).replace(",", "")) if match else None
+
+
+# --------------------------------------------------------------------------- the benchmark
+def bench_family(family: str, args, workdir: Path) -> list[dict]:
+    model_path = args.model or str(build_model(family, args.hidden, args.layers, workdir / family))
+    engine = ["--dtype", args.dtype, "--max-model-len", "8192", "--max-num-seqs", str(args.concurrency),
+              "--enforce-eager", *args.engine_args.split()]
+    name = f"{family}-bench"
+    # vLLM's own process layout (tests.engine.harness, imported for its helpers, sets
+    # the in-process engine for the test suite)
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    n = visual_tokens(family, *IMAGE_SIZE) if not args.model else None
+    rows = [("stock vLLM", "stock", {}, IMAGE_SIZE)]
+    rows += [(f"zspa keep_rate={r:g}", "zspa", {"keep_rate": r, "core_ratio": 0.2}, IMAGE_SIZE) for r in KEEP_RATES]
+    if family == "qwen2.5-vl" and n:  # an image that yields ~l tokens unpruned: LLM(l), encoder(l)
+        side = int((num_kept(n, 0.1) * 28 * 28) ** 0.5)
+        rows.append(("ideal: unpruned image of ~l(0.1) tokens", "zspa", {}, (side, side)))
+    servers = {}
+    try:
+        for kind, stock in (("stock", True), ("zspa", False)):
+            server = ServerProcess([model_path, "--served-model-name", name, *engine], workdir / f"{family}-{kind}.log",
+                                   env=env, stock=stock)
+            startup = server.wait_healthy(timeout=1200)
+            servers[kind] = server
+            print(f"[{family}] {kind} server healthy after {startup:.0f} s", flush=True)
+        seed = 10_000
+        samples: dict[str, list[dict]] = {label: [] for label, *_ in rows}
+        for repeat in range(args.warmup + args.repeats):
+            for label, kind, knobs, size in rows:  # interleaved, so drift hits every row alike
+                seeds = list(range(seed, seed + args.requests))  # fresh images: no cache hits
+                seed += args.requests
+                result = asyncio.run(_workload(servers[kind].base_url, name, seeds, knobs, size, args.concurrency, args.max_tokens))
+                if repeat >= args.warmup:
+                    samples[label].append(result)
+                    print(f"[{family}] repeat {repeat - args.warmup + 1}/{args.repeats} {label}: "
+                          f"TTFT p50 {result['ttft_p50_ms']:.0f} ms, {result['requests_per_s']:.2f} req/s", flush=True)
+        kv_tokens = {kind: _kv_tokens(server.log_tail(10**7)) for kind, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    out = []
+    for label, kind, knobs, size in rows:
+        runs = samples[label]
+        row = {"family": family, "setting": label, "server": kind, "knobs": knobs, "image": list(size), "runs": runs}
+        for metric in runs[0]:
+            values = [r[metric] for r in runs if r[metric] is not None]
+            if values:
+                row[metric] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        per_request = row["prompt_tokens"]["median"] + args.max_tokens
+        row["kv_admits_concurrency"] = kv_tokens[kind] / per_request if kv_tokens[kind] else None
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- output
+def _fmt(stat, digits=0) -> str:
+    if not stat:
+        return "-"
+    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
+             f"Workload: {meta['workload']}  ", "Values: median (min-max) over the repeats.", ""]
+    header = ["family", "setting", "TTFT p50 ms", "TTFT p95 ms", "req/s", "out tok/s", "prompt tok/req",
+              "peak KV %", "KV admits (req)", "TTFT vs stock", "req/s vs stock"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    stock = {r["family"]: r for r in rows if r["server"] == "stock" and not r["knobs"]}
+    for r in rows:
+        base = stock[r["family"]]
+        kv_admits = "-" if r["kv_admits_concurrency"] is None else f"{r['kv_admits_concurrency']:.0f}"
+        lines.append("| " + " | ".join([
+            r["family"], r["setting"], _fmt(r["ttft_p50_ms"]), _fmt(r["ttft_p95_ms"]), _fmt(r["requests_per_s"], 2),
+            _fmt(r["output_tokens_per_s"], 1), _fmt(r["prompt_tokens"]), _fmt(r.get("kv_cache_peak_pct"), 1), kv_admits,
+            f"{r['ttft_p50_ms']['median'] / base['ttft_p50_ms']['median']:.2f}x",
+            f"{r['requests_per_s']['median'] / base['requests_per_s']['median']:.2f}x",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    fig, axes = plt.subplots(len(families), 2, figsize=(11, 3.2 * len(families)), squeeze=False)
+    for (ax_ttft, ax_rps), family in zip(axes, families):
+        sub = [r for r in rows if r["family"] == family]
+        labels = [r["setting"].replace("zspa keep_rate=", "zspa ").replace("ideal: unpruned image of ~l(0.1) tokens", "ideal (l)") for r in sub]
+        for ax, metric, title in ((ax_ttft, "ttft_p50_ms", "TTFT p50 (ms)"), (ax_rps, "requests_per_s", "requests / s")):
+            med = [r[metric]["median"] for r in sub]
+            err = [[m - r[metric]["min"] for m, r in zip(med, sub)], [r[metric]["max"] - m for m, r in zip(med, sub)]]
+            ax.bar(labels, med, yerr=err, capsize=3, color=["gray"] + ["C0"] * (len(sub) - 1))
+            ax.set_title(f"{family}: {title}")
+            ax.tick_params(axis="x", rotation=30, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default="llava-1.5,llava-next,qwen2.5-vl")
+    p.add_argument("--model", help="a real checkpoint (one family) instead of the built random-weight model")
+    p.add_argument("--hidden", type=int, default=512, help="LLM width of the built model")
+    p.add_argument("--layers", type=int, default=8, help="LLM depth of the built model")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--requests", type=int, default=16, help="requests per run")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="runs per setting discarded first")
+    p.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE (CPU KV cache, GiB)")
+    p.add_argument("--engine-args", default="", help="more vllm serve options, one string")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
+    p.add_argument("--name", default="serve_bench_cpu", help="output file stem")
+    args = p.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="zspa-serve-bench-") as tmp:
+        for family in args.families.split(","):
+            rows += bench_family(family, args, Path(tmp))
+    meta = {
+        "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]]),
+        "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
+        "workload": f"{args.requests} requests per run at concurrency {args.concurrency}, one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image "
+                    f"(a new one per request) + a {len(QUESTION.split())}-word question, {args.max_tokens} output tokens "
+                    f"(ignore_eos); model: {args.model or f'random-weight LLM {args.layers}x{args.hidden} on the fixture vision tower'}, "
+                    f"{args.repeats} repeats after {args.warmup} warm-up",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows, meta)
+    (args.out / f"{args.name}.md").write_text(table)
+    (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    plot(rows, args.out / f"{args.name}.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
