@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-unit test-engine test-server bench-select fixtures clean
+.PHONY: env demo test test-unit test-engine test-server bench-select bench-serve fixtures clean
 
 env:  ## create/refresh .venv (seconds when nothing changed)
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -25,6 +25,9 @@ test-server: env  ## the tests against a real zspa-serve process
 
 bench-select: env  ## time the selection kernel at real model sizes
 	$(PY) benchmarks/select_bench.py
+
+bench-serve: env  ## stock vLLM vs zspa-serve on random-weight mid-size models (about 30 min on 2 CPUs)
+	$(PY) benchmarks/serve_bench.py --requests 12 --concurrency 4 --repeats 3 --warmup 1
 
 fixtures: env  ## regenerate the tiny random-weight models under tests/fixtures/models
 	$(PY) scripts/make_fixtures.py
