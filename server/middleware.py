@@ -52,7 +52,7 @@ class ZspaMiddleware:
             return await _send_json(send, error.status, error.body())
 
         tally_id = None
-        if support.prunes and (path != "/tokenize" or "messages" in request):
+        if support is not None and support.prunes and (path != "/tokenize" or "messages" in request):
             tally_id = tallies.open_tally()
             request.setdefault(MM_KWARGS, {})[TALLY_KWARG] = tally_id
         body = json.dumps(request).encode()
