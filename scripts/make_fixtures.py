@@ -292,11 +292,11 @@ def _clip_vision_config():
     )
 
 
-def _clip_image_processor(**extra):
+def _clip_image_processor(processor_cls=None, **extra):
     from transformers import CLIPImageProcessor
 
-    # Real openai/clip-vit-large-patch14-336 preprocessing.
-    return CLIPImageProcessor(
+    # Real openai/clip-vit-large-patch14-336 preprocessing (LLaVA-NeXT's adds anyres tiling).
+    return (processor_cls or CLIPImageProcessor)(
         size={"shortest_edge": 336},
         crop_size={"height": 336, "width": 336},
         do_resize=True,
@@ -348,6 +348,19 @@ def _llava_config(config_cls, architecture: str, text, ids, **extra):
     return config
 
 
+def _llava_processor(processor_cls, image_processor, tokenizer, chat_template: str):
+    """The llava-hf processor around a CLIP 336/14 image processor (CLS token dropped)."""
+    return processor_cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by "default"
+        chat_template=chat_template,
+        image_token="<image>",
+    )
+
+
 def build_llava15(out: Path) -> dict:
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
@@ -355,15 +368,7 @@ def build_llava15(out: Path) -> dict:
     ids = _ids(tokenizer, ["<s>", "</s>", "<unk>", "<pad>", "<image>"])
     text = _llava_text_config(LlamaConfig, "LlamaForCausalLM", tokenizer, ids, rope_theta=10000.0)
     config = _llava_config(LlavaConfig, "LlavaForConditionalGeneration", text, ids)
-    processor = LlavaProcessor(
-        image_processor=_clip_image_processor(),
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by "default"
-        chat_template=LLAVA15_CHAT_TEMPLATE,
-        image_token="<image>",
-    )
+    processor = _llava_processor(LlavaProcessor, _clip_image_processor(), tokenizer, LLAVA15_CHAT_TEMPLATE)
     notes = [
         "CLIP ViT 336/14 (hidden 64, 2 layers), vision_feature_layer -2, strategy 'default':"
         " 576 image tokens for any image size.",
@@ -396,30 +401,10 @@ def build_llava_next(out: Path) -> dict:
         ids,
         image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
     )
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": 336},
-        crop_size={"height": 336, "width": 336},
-        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
-        do_resize=True,
-        do_center_crop=True,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-        do_convert_rgb=True,
-        do_pad=True,
-        resample=3,
+    image_processor = _clip_image_processor(
+        LlavaNextImageProcessor, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS, do_pad=True
     )
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
-        image_token="<image>",
-    )
+    processor = _llava_processor(LlavaNextProcessor, image_processor, tokenizer, LLAVA_NEXT_CHAT_TEMPLATE)
     notes = [
         "CLIP ViT 336/14 (hidden 64, 2 layers), anyres with the llava-v1.6 grid pinpoints"
         f" {LLAVA_NEXT_PINPOINTS} and image_newline: token count depends on image size.",
