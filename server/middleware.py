@@ -170,11 +170,10 @@ class _Annotator:
         data = self._sse_rest + chunk
         events = data.split(b"\n\n")
         self._sse_rest = b"" if final else events.pop()
-        counts = self._counts()
         out = []
         for event in events:
-            if event.startswith(b"data: {") and b'"usage"' in event:
-                event = b"data: " + _annotate_json(event[len(b"data: ") :], counts)
+            if event.startswith(b"data: {") and b'"usage"' in event:  # most chunks carry none
+                event = b"data: " + _annotate_json(event[len(b"data: ") :], self._counts())
             out.append(event)
         return b"\n\n".join(out) + (b"\n\n" if events and not final else b"")
 

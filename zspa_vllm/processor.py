@@ -137,8 +137,10 @@ class PruningProcessorMixin:
     # -- helpers
 
     def _zspa_image_token_counts(self, mm_items, mm_kwargs) -> list[int]:
-        """Unpruned visual tokens of each image of a prompt, from the image sizes (also
-        when vLLM's caches spare the HF processor); none for precomputed embeddings."""
+        """Unpruned visual tokens of each image of a prompt, from the image sizes; none
+        for precomputed embeddings. (The per-image model fields count from the HF
+        outputs in _zspa_visual_counts instead: the HF processor only sees the images
+        vLLM's processor cache misses, while the tally needs every image.)"""
         from vllm.multimodal.parse import ImageProcessorItems
 
         images = mm_items.get("image")

@@ -186,6 +186,36 @@ def logprobs_max_diff(a, b, steps: int = 1) -> float:
     return worst
 
 
+def ask(llm, images, question: str, max_tokens: int = 3, **knobs):
+    """One chat request (images as (width, height, seed), then the question) with the
+    knobs as its mm_processor_kwargs; clears zspa_vllm.observe first."""
+    from tests.engine.stock_reference import request_messages
+    from zspa_vllm import observe
+
+    observe.clear()
+    request = {"images": list(images), "question": question}
+    (out,) = llm.chat(
+        request_messages(request), sampling(max_tokens), mm_processor_kwargs=knobs or None, use_tqdm=False
+    )
+    return out
+
+
+def check_encoder_not_over_packed(label: str, num_images: int, budget: int, num_visual: int) -> None:
+    """After ``num_images`` pruned images of ``num_visual`` tokens each went through the
+    engine at once (zspa_vllm.observe.ENCODER_CALLS recorded since the last clear)."""
+    from zspa_vllm import observe
+
+    calls = list(observe.ENCODER_CALLS)
+    assert sum(c.num_images for c in calls) == num_images
+    # vLLM charges the encoder budget with the pruned placeholder count, so it hands one
+    # embed_multimodal call more images than fit the budget unpruned ...
+    assert max(c.batch_images for c in calls) > budget // num_visual
+    # ... which the plugin encodes in groups whose unpruned tokens fit the budget
+    assert max(c.num_visual_tokens for c in calls) <= budget
+    print(f"\n[{label} encoder] images per vision-encoder call / in its embed_multimodal batch: "
+          f"{[f'{c.num_images}/{c.batch_images}' for c in calls]}")
+
+
 # --------------------------------------------------------------------------- token counts
 # Written from the models' published preprocessing, independently of vLLM's code.
 def _llava_next_count(width: int, height: int, cfg: dict) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.engine import harness
 from tests.engine.harness import logprobs_max_diff, model_class_of, sampling, step_logprobs
 from tests.engine.stock_reference import request_messages, stock_outputs
 from zspa_vllm import observe
@@ -27,12 +28,7 @@ def fresh(size) -> tuple[int, int, int]:
 
 
 def ask(llm, images, question=QUESTION, max_tokens=3, **knobs):
-    observe.clear()
-    request = {"images": list(images), "question": question}
-    (out,) = llm.chat(
-        request_messages(request), sampling(max_tokens), mm_processor_kwargs=knobs or None, use_tqdm=False
-    )
-    return out
+    return harness.ask(llm, images, question, max_tokens, **knobs)
 
 
 @pytest.fixture(scope="module")
@@ -189,15 +185,7 @@ def test_many_images_in_flight_do_not_over_pack_the_encoder(zspa_engines):
     conversations = [request_messages({"images": [fresh(SMALL)], "question": QUESTION}) for _ in range(16)]
     outs = llm.chat(conversations, sampling(2), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
     assert [len(o.prompt_token_ids) for o in outs] == [expected_len] * 16
-    calls = list(observe.ENCODER_CALLS)
-    assert sum(c.num_images for c in calls) == 16
-    # vLLM charges the budget with the 58 pruned tokens per image, so it hands the
-    # encoder far more than 3 images at once ...
-    assert max(c.batch_images for c in calls) > budget // N
-    # ... and the plugin encodes them in groups that fit the budget unpruned
-    assert max(c.num_visual_tokens for c in calls) <= budget
-    print(f"\n[encoder] images per vision-encoder call / in its embed_multimodal batch: "
-          f"{[f'{c.num_images}/{c.batch_images}' for c in calls]}")
+    harness.check_encoder_not_over_packed(FAMILY, 16, budget, N)
 
 
 def test_chunked_prefill_matches_unchunked(zspa_engines):

@@ -295,6 +295,7 @@ def test_chunked_prefill_matches_unchunked(engines):
 
 
 def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
+    from tests.engine.harness import check_encoder_not_over_packed
     from zspa_vllm import observe
 
     encoder_budget = 3000  # two 336x336 images (1176 tokens each) unpruned
@@ -309,11 +310,4 @@ def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
         use_tqdm=False,
     )
     assert [image_runs(o.prompt_token_ids) for o in outs] == [[budget(n, 0.1)]] * 12
-    calls = list(observe.ENCODER_CALLS)
-    assert sum(c.num_images for c in calls) == 12
-    # vLLM budgets the pruned 118 tokens per image and hands over more than 2 at once ...
-    assert max(c.batch_images for c in calls) > encoder_budget // n
-    # ... which the plugin encodes in groups whose unpruned tokens fit the budget
-    assert max(c.num_visual_tokens for c in calls) <= encoder_budget
-    print(f"\n[llava-next encoder] images per vision-encoder call / in its embed_multimodal batch: "
-          f"{[f'{c.num_images}/{c.batch_images}' for c in calls]}")
+    check_encoder_not_over_packed(FAMILY, 12, encoder_budget, n)

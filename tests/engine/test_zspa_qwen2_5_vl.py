@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.engine import harness
 from tests.engine.harness import (
     fixture_path,
     model_class_of,
@@ -77,12 +78,7 @@ def engines(zspa_engines):
 
 
 def ask(llm, images, question=QUESTION, max_tokens=3, **knobs):
-    observe.clear()
-    request = {"images": list(images), "question": question}
-    (out,) = llm.chat(
-        request_messages(request), sampling(max_tokens), mm_processor_kwargs=knobs or None, use_tqdm=False
-    )
-    return out
+    return harness.ask(llm, images, question, max_tokens, **knobs)
 
 
 def image_runs(token_ids) -> list[tuple[int, int]]:
@@ -424,17 +420,10 @@ def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
     observe.clear()
     outs = llm.chat(conversations, sampling(1), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
     assert [[length for _, length in image_runs(o.prompt_token_ids)] for o in outs] == [[num_kept(n, 0.1)]] * 12
-    calls = list(observe.ENCODER_CALLS)
-    assert sum(c.num_images for c in calls) == 12
-    # vLLM charges the budget with 15 pruned tokens per image and hands over more than 2 ...
-    assert max(c.batch_images for c in calls) > ENCODER_BUDGET // n
-    # ... which the plugin encodes in groups whose unpruned tokens fit the budget
-    assert max(c.num_visual_tokens for c in calls) <= ENCODER_BUDGET
+    harness.check_encoder_not_over_packed(FAMILY, 12, ENCODER_BUDGET, n)
     # grouping changes nothing: each image's kept set is what it gets encoded alone
     selections = sorted(s.kept for s in observe.RECENT)
     assert selections == sorted(_kept_when_encoded_alone(llm, images, 0.1))
-    print(f"\n[qwen2.5-vl encoder] images per vision-encoder call / in its embed_multimodal batch: "
-          f"{[f'{c.num_images}/{c.batch_images}' for c in calls]}")
 
 
 def _kept_when_encoded_alone(llm, images, keep_rate, method="zspa", core_ratio=0.2) -> list[tuple[int, ...]]:

@@ -216,8 +216,6 @@ def test_metrics_count_visual_tokens_before_and_after(server, model):
 
 
 def test_responses_endpoint_takes_the_knobs_and_reports_counts(server, model):
-    from tests.server.conftest import image_url
-
     content = [{"type": "input_image", "image_url": image_url(17)}, {"type": "input_text", "text": "What is it?"}]
     body = {"model": model, "input": [{"role": "user", "content": content}], "max_output_tokens": 2}
     full = post(server, body, path="/v1/responses")
