@@ -24,7 +24,7 @@ test-server: env  ## the tests against a real zspa-serve process
 	$(PY) scripts/run_pytest.py -m server $(PYTEST_ARGS)
 
 bench-select: env  ## time the selection kernel at real model sizes
-	$(PY) benchmarks/select_bench.py
+	$(PY) benchmarks/select_bench.py --methods zspa,divprune
 
 bench-serve: env  ## stock vLLM vs zspa-serve on random-weight mid-size models (about 30 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --requests 12 --concurrency 4 --repeats 3 --warmup 1
