@@ -1,6 +1,8 @@
 """Serving benchmark: stock vLLM (plugin off) against zspa-serve at keep_rate 1, 0.5,
 0.25 and 0.1, on one engine configuration, same image-plus-question workload, fixed
-concurrency, run side by side in one go and repeated.
+concurrency, run side by side in one go and repeated. ``--workload chat`` runs the chat
+workloads instead (multi-turn conversations, one image asked many questions; see
+benchmarks/chat_workloads.py).
 
 On a CPU it builds a random-weight mid-size model per family (the tiny fixture's vision
 tower and tokenizer, a larger LLM: --hidden/--layers) so that the LLM prefill dominates;
@@ -9,6 +11,7 @@ tokens/s, prompt tokens per request, peak KV-cache usage and the concurrency the
 admits, as a markdown table, JSON and a PNG under benchmarks/results/.
 
     python benchmarks/serve_bench.py --families llava-1.5,qwen2.5-vl --repeats 3
+    python benchmarks/serve_bench.py --workload chat --repeats 3
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "benchmarks")]
 
+import chat_workloads  # noqa: E402
 from server.launch import ServerProcess  # noqa: E402
 from tests.engine.harness import fixture_path, visual_tokens  # noqa: E402
 from tests.server.conftest import image_url  # noqa: E402
@@ -191,6 +195,84 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
     return out
 
 
+# --------------------------------------------------------------------------- chat workloads
+def bench_family_chat(family: str, args, workdir: Path) -> tuple[list[dict], list[dict]]:
+    model_path = args.model or str(build_model(family, args.hidden, args.layers, workdir / family))
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    image_token = config.get("image_token_index", config.get("image_token_id"))
+    engine = ["--dtype", args.dtype, "--max-model-len", "8192", "--max-num-seqs", str(args.concurrency),
+              "--enforce-eager", *chat_workloads.SERVER_ARGS, *args.engine_args.split()]
+    name = f"{family}-bench"
+    chat_rows, question_rows = chat_workloads.rows(args.chat_keep_rate)
+    servers = {}
+    try:
+        for kind, extra_env in chat_workloads.SERVERS.items():
+            env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1", **extra_env}
+            server = ServerProcess([model_path, "--served-model-name", name, *engine], workdir / f"{family}-chat-{kind}.log",
+                                   env=env, stock=kind == "stock")
+            servers[kind] = server
+            print(f"[{family}] {kind} server healthy after {server.wait_healthy(timeout=1200):.0f} s", flush=True)
+        seed = 50_000
+        chat_runs = {label: [] for label, *_ in chat_rows}
+        question_runs = {label: [] for label, *_ in question_rows}
+        for repeat in range(args.warmup + args.repeats):
+            for label, kind, knobs in chat_rows:  # interleaved; fresh images every run
+                urls = [image_url(s, IMAGE_SIZE) for s in range(seed, seed + args.conversations)]
+                seed += args.conversations
+                result = chat_workloads.run_chat(servers[kind], name, urls, knobs, args.turns, args.concurrency,
+                                                 args.max_tokens, image_token)
+                if repeat >= args.warmup:
+                    chat_runs[label].append(result)
+                print(f"[{family}] chat {repeat + 1}/{args.warmup + args.repeats} {label}: TTFT by turn "
+                      f"{[round(t) for t in result['ttft_ms_by_turn']]} ms, encoder runs/conversation "
+                      f"{result['encoder_runs_per_conversation']:.2f}", flush=True)
+            for label, kind, knobs in question_rows:
+                urls = [image_url(s, IMAGE_SIZE) for s in range(seed, seed + args.images)]
+                seed += args.images
+                result = chat_workloads.run_questions(servers[kind], name, urls, knobs, args.questions, args.concurrency,
+                                                      args.max_tokens)
+                if repeat >= args.warmup:
+                    question_runs[label].append(result)
+                print(f"[{family}] questions {repeat + 1}/{args.warmup + args.repeats} {label}: TTFT first "
+                      f"{result['ttft_first_ms']:.0f} ms, later {result['ttft_later_ms']:.0f} ms", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    chat = [{"family": family, **chat_workloads.summarize(label, kind, knobs, chat_runs[label])} for label, kind, knobs in chat_rows]
+    questions = [{"family": family, **chat_workloads.summarize(label, kind, knobs, question_runs[label])}
+                 for label, kind, knobs in question_rows]
+    return chat, questions
+
+
+def main_chat(args) -> int:
+    chat, questions = [], []
+    with tempfile.TemporaryDirectory(prefix="zspa-serve-bench-") as tmp:
+        for family in args.families.split(","):
+            c, q = bench_family_chat(family, args, Path(tmp))
+            chat, questions = chat + c, questions + q
+    meta = _meta(args, f"multi-turn: {args.conversations} conversations of {args.turns} turns at concurrency {args.concurrency}, "
+                       f"a new {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image in turn 1, text follow-ups; same image: {args.images} images "
+                       f"x {args.questions} questions one after another (images at concurrency {args.concurrency}); "
+                       f"keep_rate {args.chat_keep_rate:g}, {args.max_tokens} output tokens")
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = chat_workloads.markdown(chat, questions, meta)
+    stem = f"{args.name}_chat"
+    (args.out / f"{stem}.md").write_text(table)
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "chat": chat, "questions": questions}, indent=2))
+    chat_workloads.plot(chat, questions, args.out / f"{stem}.png")
+    print(table)
+    return 0
+
+
+def _meta(args, workload: str) -> dict:
+    model = args.model or f"random-weight LLM {args.layers}x{args.hidden} on the fixture vision tower"
+    return {
+        "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]]),
+        "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
+        "workload": f"{workload}; model: {model}; {args.repeats} repeats after {args.warmup} warm-up",
+    }
+
+
 # --------------------------------------------------------------------------- output
 def _fmt(stat, digits=0) -> str:
     if not stat:
@@ -255,20 +337,25 @@ def main() -> int:
     p.add_argument("--engine-args", default="", help="more vllm serve options, one string")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     p.add_argument("--name", default="serve_bench_cpu", help="output file stem")
+    p.add_argument("--workload", choices=("single", "chat"), default="single",
+                   help="single: one image + question per request, keep rates swept; chat: multi-turn and "
+                        "same-image-many-questions workloads")
+    p.add_argument("--chat-keep-rate", type=float, default=0.25, help="chat workloads: the keep rate")
+    p.add_argument("--conversations", type=int, default=8, help="chat: conversations per run")
+    p.add_argument("--turns", type=int, default=4, help="chat: turns per conversation (the image in turn 1)")
+    p.add_argument("--images", type=int, default=4, help="chat: images per run of the same-image workload")
+    p.add_argument("--questions", type=int, default=8, help="chat: questions per image (at most 8)")
     args = p.parse_args()
+    if args.workload == "chat":
+        return main_chat(args)
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="zspa-serve-bench-") as tmp:
         for family in args.families.split(","):
             rows += bench_family(family, args, Path(tmp))
-    meta = {
-        "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]]),
-        "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
-        "workload": f"{args.requests} requests per run at concurrency {args.concurrency}, one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image "
-                    f"(a new one per request) + a {len(QUESTION.split())}-word question, {args.max_tokens} output tokens "
-                    f"(ignore_eos); model: {args.model or f'random-weight LLM {args.layers}x{args.hidden} on the fixture vision tower'}, "
-                    f"{args.repeats} repeats after {args.warmup} warm-up",
-    }
+    meta = _meta(args, f"{args.requests} requests per run at concurrency {args.concurrency}, one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} "
+                       f"image (a new one per request) + a {len(QUESTION.split())}-word question, {args.max_tokens} output "
+                       "tokens (ignore_eos)")
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, meta)
     (args.out / f"{args.name}.md").write_text(table)

@@ -1,9 +1,11 @@
-"""``zspa-serve MODEL [--keep-rate R] [--core-ratio K] [--prune-method M] [vllm serve options]``
+"""``zspa-serve MODEL [--keep-rate R] [--core-ratio K] [--prune-method M] [--query-scope S]
+[--encoder-cache-mib N] [vllm serve options]``
 
 Runs ``vllm serve`` itself (every option and endpoint of it works) with the zspa model
-plugin and the zspa HTTP layer switched on. The three knobs set the server-wide defaults
+plugin and the zspa HTTP layer switched on. The knobs set the server-wide defaults
 (through vLLM's ``--mm-processor-kwargs``); with none of them nothing is pruned unless a
-request asks. Without a model (or with ``--demo``) it serves the built-in tiny demo model.
+request asks. ``--encoder-cache-mib`` sizes each worker's cache of unpruned encoder
+outputs. Without a model (or with ``--demo``) it serves the built-in tiny demo model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ import os
 import sys
 from importlib.metadata import entry_points
 
-from zspa_vllm.params import CORE_RATIO, KEEP_RATE, PRUNE_METHOD, parse_knobs
+from zspa_vllm.params import (
+    CORE_RATIO,
+    DEFAULT_ENCODER_CACHE_MIB,
+    ENCODER_CACHE_MIB_ENV,
+    KEEP_RATE,
+    KNOB_NAMES,
+    PRUNE_METHOD,
+    QUERY_SCOPE,
+    encoder_cache_bytes,
+    parse_knobs,
+)
 
 from server import demo
 from server.middleware import KNOBS_ONLY_ENV
@@ -31,6 +43,17 @@ def our_parser() -> argparse.ArgumentParser:
     ours.add_argument("--keep-rate", dest=KEEP_RATE, help="default share of visual tokens kept, 0 < r <= 1 (default 1: no pruning)")
     ours.add_argument("--core-ratio", dest=CORE_RATIO, help="default share of the kept tokens chosen by relevance, 0 <= k <= 1 (default 0.2)")
     ours.add_argument("--prune-method", dest=PRUNE_METHOD, help="default method: zspa, relevance, divprune or none (default zspa)")
+    ours.add_argument(
+        "--query-scope",
+        dest=QUERY_SCOPE,
+        help="default query of each image: image_turn (the user turn holding it; keeps the caches across "
+        "a chat) or last_turn (the newest question; re-selects every image at every turn) (default image_turn)",
+    )
+    ours.add_argument(
+        "--encoder-cache-mib",
+        help=f"MiB of unpruned image encoder outputs each worker keeps, so the same image asked again is "
+        f"not re-encoded; 0 switches it off (default {DEFAULT_ENCODER_CACHE_MIB}; env {ENCODER_CACHE_MIB_ENV})",
+    )
     ours.add_argument("--demo", action="store_true", help="serve the built-in tiny demo model (random weights)")
     return parser
 
@@ -51,10 +74,16 @@ def build_vllm_argv(argv: list[str]) -> list[str]:
         print()
         return ["serve", *rest]
     try:
-        knobs = {k: v for k, v in vars(ours).items() if k in (KEEP_RATE, CORE_RATIO, PRUNE_METHOD) and v is not None}
+        knobs = {k: v for k, v in vars(ours).items() if k in KNOB_NAMES and v is not None}
         parse_knobs(knobs)
     except ValueError as error:
         parser.error(str(error).replace("_", "-", 1))
+    if ours.encoder_cache_mib is not None:
+        try:
+            encoder_cache_bytes({ENCODER_CACHE_MIB_ENV: ours.encoder_cache_mib})
+        except ValueError:
+            parser.error(f"--encoder-cache-mib must be a whole number of MiB >= 0, got {ours.encoder_cache_mib!r}")
+        os.environ[ENCODER_CACHE_MIB_ENV] = ours.encoder_cache_mib.strip()  # the workers inherit it
 
     from vllm.engine.arg_utils import EngineArgs
 

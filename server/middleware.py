@@ -48,14 +48,14 @@ class ZspaMiddleware:
                 name = next(iter(knobs))
                 reason = support.reason if support else "the server is not ready"
                 raise BadRequest(f"{name}: visual token pruning is not available: {reason}", name)
+
+            tally_id = None
+            if support is not None and support.prunes and (path != "/tokenize" or "messages" in request):
+                tally_id = tallies.open_tally()
+                request.setdefault(MM_KWARGS, {})[TALLY_KWARG] = tally_id
+            body = _serialize(request, tally_id)
         except BadRequest as error:
             return await _send_json(send, error.status, error.body())
-
-        tally_id = None
-        if support is not None and support.prunes and (path != "/tokenize" or "messages" in request):
-            tally_id = tallies.open_tally()
-            request.setdefault(MM_KWARGS, {})[TALLY_KWARG] = tally_id
-        body = json.dumps(request).encode()
         try:
             await self.app(_with_length(scope, len(body)), _replay(body, receive), _Annotator(send, tally_id).send)
         finally:
@@ -86,9 +86,20 @@ def _parse(body: bytes) -> dict:
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"request body is not valid JSON: {error}") from None
+    except RecursionError:  # the parser's own guard against a stack overflow
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(request, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(request).__name__}")
     return request
+
+
+def _serialize(request: dict, tally_id: str | None) -> bytes:
+    try:
+        return json.dumps(request).encode()
+    except RecursionError:  # parsed just under the parser's depth limit, one level too deep here
+        if tally_id is not None:
+            tallies.close(tally_id)
+        raise BadRequest("request body is nested too deeply") from None
 
 
 def _with_length(scope, length: int) -> dict:

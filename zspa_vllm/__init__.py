@@ -1,5 +1,10 @@
 """zspa-vllm: prompt-aware visual token pruning (ZSPAPrune) for vLLM."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 __version__ = "0.1.0"
 
 # vLLM architecture name -> our override, as "module:Class" so nothing imports until used
@@ -23,9 +28,17 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
+    from zspa_vllm import config_checks
     from zspa_vllm.compat import check_vllm_version
+    from zspa_vllm.encoder_cache import STATS_DIR_ENV
 
     check_vllm_version()
     for architecture, target in MODEL_OVERRIDES.items():
         ModelRegistry.register_model(architecture, target)
+    config_checks.install(MODEL_OVERRIDES)
+    # The first process of a server (it registers before it starts the engine's) picks
+    # where the workers publish their encoder-cache counters; children inherit it.
+    if not os.environ.get(STATS_DIR_ENV):
+        os.environ[STATS_DIR_ENV] = tempfile.mkdtemp(prefix="zspa-stats-")
+        atexit.register(shutil.rmtree, os.environ[STATS_DIR_ENV], ignore_errors=True)
     _registered = True

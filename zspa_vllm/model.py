@@ -1,8 +1,11 @@
 """The worker half of the plugin: a mixin for vLLM multimodal model classes.
 
-``embed_multimodal`` runs the vision encoder and projector as usual (the parent class),
-then, for each image that carries our per-image fields, embeds the query ids with the
-LLM's input embedding table, selects with ``zspa_vllm.prune`` and returns the kept rows.
+``embed_multimodal`` gets, for each image that carries our per-image fields, its
+unpruned projected tokens: from the encoder-output cache (``zspa_vllm.encoder_cache``)
+when the same image was encoded before, else from the vision encoder and projector (the
+parent class), or as given for precomputed embeddings. It then embeds the image's query
+ids with the LLM's input embedding table, selects with ``zspa_vllm.prune`` and returns
+the kept rows.
 
 vLLM's scheduler charges the encoder budget with each image's placeholder count, which
 pruning shrinks, while the vision encoder still sees every patch: at keep_rate 0.1 it
@@ -12,9 +15,13 @@ images of a call are encoded in groups whose UNPRUNED token count fits the budge
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from zspa_vllm import observe
+from zspa_vllm.encoder_cache import EncoderOutputCache, stats_file
+from zspa_vllm.params import encoder_cache_bytes
 from zspa_vllm.processor import FIELD_NAMES
 from zspa_vllm.prune import METHODS, select_tokens
 
@@ -46,31 +53,70 @@ class PruningModelMixin:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         # what the scheduler sizes one step's encoder work by
         self._zspa_encoder_budget = vllm_config.scheduler_config.max_num_encoder_input_tokens
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        ranks = (vllm_config.parallel_config.data_parallel_rank, get_tensor_model_parallel_rank())
+        self._zspa_cache = EncoderOutputCache(encoder_cache_bytes(os.environ), stats_file(*ranks))
+        self._zspa_cache.publish()  # the counters exist (at zero) from the start
 
     def embed_multimodal(self, **kwargs):
         fields = {name: kwargs.pop(name, None) for name in FIELD_NAMES}
         if fields["zspa_num_keep"] is None:
             return super().embed_multimodal(**kwargs)  # keeps every token: stock behaviour
         num_visual = [int(n) for n in _per_item(fields["zspa_num_visual"], 0)]
-        embeddings = []
-        for start, end in self._zspa_encoder_groups(kwargs, num_visual):
-            group = self._zspa_slice_inputs(kwargs, start, end, len(num_visual))
-            embeddings.extend(super().embed_multimodal(**group))
-            observe.record_encoder_call(end - start, sum(num_visual[start:end]), len(num_visual))
+        if "image_embeds" in kwargs:  # precomputed: nothing to encode, select on them
+            embeddings = list(super().embed_multimodal(**kwargs))
+        else:
+            keys = [bytes(key.tolist()) for key in _per_item(fields["zspa_image_key"], len(num_visual))]
+            embeddings = self._zspa_encode(kwargs, num_visual, keys)
+        for visual, n in zip(embeddings, num_visual):
+            if visual.shape[0] != n:
+                raise RuntimeError(f"zspa-vllm: an image of {n} tokens came back with {visual.shape[0]} rows")
         return self._zspa_prune(embeddings, fields)
 
-    def _zspa_encoder_groups(self, kwargs, num_visual: list[int]) -> list[tuple[int, int]]:
-        count = len(num_visual)
-        if not all(len(value) == count for value in kwargs.values()):
-            return [(0, count)]  # inputs not laid out one row per image: cannot split here
-        return encoder_groups(num_visual, self._zspa_encoder_budget or sum(num_visual))
+    def _zspa_encode(self, kwargs, num_visual: list[int], keys: list[bytes]) -> list[torch.Tensor]:
+        """Each image's unpruned tokens: cached ones from the cache, the others (each
+        distinct image once) through the vision encoder in budget-sized groups."""
+        count = len(keys)
+        found: dict[bytes, torch.Tensor] = {}
+        todo: list[int] = []  # first index of each image to encode
+        for i, key in enumerate(keys):
+            if key in found or any(keys[j] == key for j in todo):
+                continue
+            cached = self._zspa_cache.get(key)  # a miss is counted even with the cache off
+            if cached is None:
+                todo.append(i)
+            else:
+                found[key] = cached
+        if not todo:
+            groups = []
+        elif self._zspa_select_inputs(kwargs, todo, count) is None:
+            todo = list(range(count))  # inputs not laid out per image: encode them all at once
+            groups = [(0, count)]
+        else:
+            groups = encoder_groups([num_visual[i] for i in todo], self._zspa_encoder_budget or sum(num_visual))
+        for start, end in groups:
+            indices = todo[start:end]
+            encoded = super().embed_multimodal(**self._zspa_select_inputs(kwargs, indices, count))
+            observe.record_encoder_call(len(indices), sum(num_visual[i] for i in indices), count)
+            for i, visual in zip(indices, encoded):
+                found[keys[i]] = visual
+                self._zspa_cache.put(keys[i], visual)
+        self._zspa_cache.publish()
+        return [found[key] for key in keys]
 
-    def _zspa_slice_inputs(self, kwargs, start: int, end: int, count: int) -> dict:
-        """Images [start, end) of a batch of ``count`` whose inputs all have one row per
-        image (checked by _zspa_encoder_groups)."""
-        if (start, end) == (0, count):
+    def _zspa_select_inputs(self, kwargs, indices: list[int], count: int) -> dict | None:
+        """The encoder inputs of images ``indices`` of a batch of ``count``, or None if
+        the inputs are not laid out one entry per image. Default: every input holds one
+        entry (tensor row or list element) per image."""
+        if indices == list(range(count)):
             return kwargs
-        return {key: value[start:end] for key, value in kwargs.items()}
+        if not all(len(value) == count for value in kwargs.values()):
+            return None
+        return {
+            key: value[torch.tensor(indices)] if isinstance(value, torch.Tensor) else [value[i] for i in indices]
+            for key, value in kwargs.items()
+        }
 
     def _zspa_prune(self, embeddings: list[torch.Tensor], fields) -> list[torch.Tensor]:
         count = len(embeddings)

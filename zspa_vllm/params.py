@@ -1,9 +1,10 @@
-"""The pruning knobs: names, defaults, parsing, validation and the canonical form.
+"""The pruning knobs and settings: names, defaults, parsing, validation, canonical form.
 
 Every knob a request or a server can set is declared here and nowhere else. Values arrive
 through vLLM's ``mm_processor_kwargs`` (per request, or server-wide via
 ``--mm-processor-kwargs``); they are removed from those kwargs before the Hugging Face
-processor sees them.
+processor sees them. The one worker-side setting, the encoder-output cache size, is an
+environment variable (the worker processes inherit it), parsed here too.
 """
 
 from __future__ import annotations
@@ -18,14 +19,27 @@ from zspa_vllm.prune import METHODS as SELECTION_METHODS
 KEEP_RATE = "keep_rate"
 CORE_RATIO = "core_ratio"
 PRUNE_METHOD = "prune_method"
-KNOB_NAMES = (KEEP_RATE, CORE_RATIO, PRUNE_METHOD)
+QUERY_SCOPE = "query_scope"
+KNOB_NAMES = (KEEP_RATE, CORE_RATIO, PRUNE_METHOD, QUERY_SCOPE)
 
 # "none" keeps every token whatever keep_rate says.
 PRUNE_METHODS = (*SELECTION_METHODS, "none")
+# Which user text an image is ranked against (zspa_vllm/query.py): "image_turn", the
+# turn holding the image, keeps each image's selection (and so vLLM's caches) stable
+# across a conversation; "last_turn" re-selects every image for the newest question.
+QUERY_SCOPES = ("image_turn", "last_turn")
 
 DEFAULT_KEEP_RATE = 1.0  # nothing set: no pruning
 DEFAULT_CORE_RATIO = 0.2  # the paper's guidance for scene / hallucination questions
 DEFAULT_PRUNE_METHOD = "zspa"
+DEFAULT_QUERY_SCOPE = "image_turn"
+
+# Worker-side cache of unpruned projected image tokens (zspa_vllm/encoder_cache.py), in
+# MiB; 0 switches it off. 512 MiB holds ~70 Qwen2.5-VL-7B images of 1024 tokens or ~110
+# LLaVA-1.5-7B images (bf16) and fits in the ~10% of device memory vLLM's default
+# --gpu-memory-utilization 0.9 leaves outside its own pools.
+ENCODER_CACHE_MIB_ENV = "ZSPA_ENCODER_CACHE_MIB"
+DEFAULT_ENCODER_CACHE_MIB = 512
 
 # Knob values are rounded to this many decimals, so 0.25, "0.25" and 0.250000000001
 # are one setting (and one cache key).
@@ -37,6 +51,7 @@ class PruneParams:
     keep_rate: float = DEFAULT_KEEP_RATE
     core_ratio: float = DEFAULT_CORE_RATIO
     prune_method: str = DEFAULT_PRUNE_METHOD
+    query_scope: str = DEFAULT_QUERY_SCOPE
 
     @property
     def prunes(self) -> bool:
@@ -45,7 +60,9 @@ class PruneParams:
 
     def canonical(self) -> str:
         """A stable string naming the selection this setting makes, for cache keys.
-        Settings that keep every token are one key, whatever their other values."""
+        Settings that keep every token are one key, whatever their other values. The
+        query scope is not part of it: it only decides which query an image gets, and
+        the query itself is part of every image's key."""
         if not self.prunes:
             return "keep-all"
         return f"{self.prune_method}:keep={self.keep_rate!r}:core={self.core_ratio!r}"
@@ -58,6 +75,7 @@ def parse_knobs(values: Mapping[str, Any], defaults: PruneParams | None = None) 
     """
     base = defaults or PruneParams()
     keep_rate, core_ratio, method = base.keep_rate, base.core_ratio, base.prune_method
+    scope = base.query_scope
     if values.get(KEEP_RATE) is not None:
         keep_rate = _parse_ratio(KEEP_RATE, values[KEEP_RATE], low_open=True)
     if values.get(CORE_RATIO) is not None:
@@ -67,7 +85,12 @@ def parse_knobs(values: Mapping[str, Any], defaults: PruneParams | None = None) 
         if not isinstance(method, str) or method.strip().lower() not in PRUNE_METHODS:
             raise ValueError(f"{PRUNE_METHOD} must be one of {list(PRUNE_METHODS)}, got {method!r}")
         method = method.strip().lower()
-    return PruneParams(keep_rate, core_ratio, method)
+    if values.get(QUERY_SCOPE) is not None:
+        scope = values[QUERY_SCOPE]
+        if not isinstance(scope, str) or scope.strip().lower() not in QUERY_SCOPES:
+            raise ValueError(f"{QUERY_SCOPE} must be one of {list(QUERY_SCOPES)}, got {scope!r}")
+        scope = scope.strip().lower()
+    return PruneParams(keep_rate, core_ratio, method, scope)
 
 
 def split_knobs(mm_kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -92,3 +115,20 @@ def _parse_ratio(name: str, value: Any, *, low_open: bool) -> float:
         interval = "(0, 1]" if low_open else "[0, 1]"
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
     return number + 0.0  # -0.0 -> 0.0
+
+
+def encoder_cache_bytes(environ: Mapping[str, str]) -> int:
+    """The encoder-output cache budget in bytes from ``environ`` (0: no cache).
+
+    Raises ValueError naming the variable and the value when it is not a whole number
+    of MiB >= 0."""
+    raw = environ.get(ENCODER_CACHE_MIB_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_ENCODER_CACHE_MIB << 20
+    try:
+        mib = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{ENCODER_CACHE_MIB_ENV} must be a whole number of MiB >= 0, got {raw!r}") from None
+    if mib < 0:
+        raise ValueError(f"{ENCODER_CACHE_MIB_ENV} must be a whole number of MiB >= 0, got {raw!r}")
+    return mib << 20

@@ -1,22 +1,24 @@
 """The API-server half of the plugin: a mixin for vLLM multimodal processors.
 
-Per request it reads the knobs from ``mm_processor_kwargs``, cuts the query out of the
-prompt, and replaces our knobs with ONE kwarg, ``zspa``, whose value names the canonical
-knobs and the query ids. vLLM hashes every image together with its processor kwargs
-(``ProcessorInputs.get_mm_hashes``), so that value makes the encoder cache, the processor
-cache and the prefix cache per question and per budget. The kwarg is removed again
-before the Hugging Face processor runs; what the model needs is added as per-image
-fields (``zspa_query_ids``, ``zspa_num_visual``, ``zspa_num_keep``, ``zspa_num_core``,
-``zspa_method``), and the
-placeholder run of each image is ``num_kept(n, keep_rate)`` tokens long.
+Per request it reads the knobs from ``mm_processor_kwargs``, finds each image's query in
+the prompt (``zspa_vllm.query``) and replaces our knobs with ONE kwarg, ``zspa``, holding
+a ``PrunePlan``: the knobs, vLLM's own hash of every item and each image's query ids.
+
+Identity. vLLM keys its processor, encoder and prefix caches by each item's hash, which
+it computes from the item and *every* processor kwarg. ``_get_mm_hashes`` replaces that:
+an image's identity is its stock hash plus its own selection key (knobs and its own
+query), so an image keeps its identity for as long as its query does (a conversation's
+earlier images stay cached at every new turn), and every other item (a video, say) keeps
+exactly stock vLLM's hash.
+
+The kwarg is removed before the Hugging Face processor runs; what the model needs is
+added as per-image fields (``FIELD_NAMES``), for pixel inputs and precomputed embeddings
+alike, and each image's placeholder run is ``num_kept(n, keep_rate)`` tokens long.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -24,62 +26,43 @@ import torch
 
 from zspa_vllm import tally
 from zspa_vllm.params import PruneParams, parse_knobs, split_knobs
-from zspa_vllm.prune import METHODS, num_kept
-from zspa_vllm.query import query_token_ids
+from zspa_vllm.plan import PrunePlan
+from zspa_vllm.prune import METHODS
+from zspa_vllm.query import image_query_token_ids
 from zspa_vllm.tally import TALLY_KWARG
 
 ZSPA_KWARG = "zspa"
-FIELD_NAMES = ("zspa_query_ids", "zspa_num_visual", "zspa_num_keep", "zspa_num_core", "zspa_method")
+FIELD_NAMES = (
+    "zspa_query_ids",  # the image's query token ids (1-D, may be empty)
+    "zspa_num_visual",  # tokens the vision encoder makes for it (n)
+    "zspa_num_keep",  # tokens kept (l): its placeholder count
+    "zspa_num_core",  # of which chosen by relevance
+    "zspa_method",  # index into zspa_vllm.prune.METHODS
+    "zspa_image_key",  # 32 bytes naming its unpruned encoder output (zspa_vllm.encoder_cache)
+)
 
 # Engine-wide knob defaults by id() of the MultiModalConfig they were configured on; the
 # config is held too, so its id cannot be reused by a later engine's config.
 _ENGINE_DEFAULTS: dict[int, tuple[object, PruneParams]] = {}
 
 
-@dataclasses.dataclass(frozen=True)
-class PruneRequest:
-    """What one request asks of the model: its knobs and its query ids."""
-
-    params: PruneParams
-    query_ids: tuple[int, ...]
-
-    def encode(self) -> str:
-        """Canonical text (knob values are already rounded by parse_knobs): equal
-        requests encode, and so hash, alike."""
-        p = self.params
-        return json.dumps(
-            [p.prune_method, p.keep_rate, p.core_ratio, list(self.query_ids)], separators=(",", ":")
-        )
-
-    @classmethod
-    def decode(cls, value: str) -> PruneRequest:
-        method, keep_rate, core_ratio, query = json.loads(value)
-        return cls(PruneParams(keep_rate, core_ratio, method), tuple(query))
-
-    def budget(self, num_visual: int) -> tuple[int, int]:
-        """(tokens kept, of which core) for an image of ``num_visual`` tokens."""
-        keep = num_kept(num_visual, self.params.keep_rate)
-        if self.params.prune_method == "relevance":
-            return keep, keep
-        if self.params.prune_method == "divprune":
-            return keep, 0
-        return keep, math.floor(self.params.core_ratio * keep + 0.5)
+def read_plan(mm_kwargs: Mapping[str, Any]) -> PrunePlan | None:
+    encoded = mm_kwargs.get(ZSPA_KWARG)
+    return None if encoded is None else PrunePlan.decode(encoded)
 
 
 class PruningProcessorMixin:
     """Mix in before a vLLM ``BaseMultiModalProcessor`` subclass.
 
-    Subclasses set ``QUERY_PATTERN`` (the last user turn of the family's chat template,
-    group 1 = its text) and implement ``_zspa_visual_counts``.
+    Each family sets ``QUERY_PATTERN`` (a user turn of its chat template, group 1 = its
+    content) and implements (here or in a mixin of its own, later in the MRO):
+
+    - ``_zspa_visual_counts(processed) -> list[int]``: the unpruned visual token count of
+      each image in the processed outputs (pixel inputs or precomputed embeddings);
+    - ``_zspa_image_token_id() -> int``: the token its chat template puts once per image.
     """
 
-    QUERY_PATTERN: ClassVar[re.Pattern[str] | None] = None
-
-    # -- hooks for each family
-
-    def _zspa_visual_counts(self, hf_data: Mapping[str, object], processed) -> list[int]:
-        """Unpruned visual token count of each image, in order."""
-        raise NotImplementedError
+    QUERY_PATTERN: ClassVar[Any] = None
 
     # -- server-wide defaults (vLLM's --mm-processor-kwargs / LLM(mm_processor_kwargs=))
 
@@ -98,28 +81,68 @@ class PruningProcessorMixin:
     # -- vLLM overrides
 
     def apply(self, inputs, timing_ctx):
-        # the only place the prompt is visible: resolve knobs and query here
+        # the only place the prompt is visible: resolve knobs and queries here
         knobs, rest = split_knobs(inputs.hf_processor_mm_kwargs)
         rest.pop(ZSPA_KWARG, None)
         tally_id = rest.pop(TALLY_KWARG, None)  # per HTTP request, so never in the hash
         params = parse_knobs(knobs, self._zspa_defaults())
-        request = None
-        if params.prunes:
-            query = query_token_ids(self.info.get_tokenizer(), inputs.prompt, self.QUERY_PATTERN)
-            request = PruneRequest(params, tuple(query))
-            rest[ZSPA_KWARG] = request.encode()
+        inputs = dataclasses.replace(inputs, hf_processor_mm_kwargs=rest)
+        images = inputs.mm_data_items.get("image")
+        plan = None
+        if params.prunes and images:
+            stock = super()._get_mm_hashes(inputs)  # vLLM's own, question-free identities
+            queries = image_query_token_ids(
+                self.info.get_tokenizer(),
+                inputs.prompt,
+                self.QUERY_PATTERN,
+                self._zspa_image_token_id(),
+                len(images),
+                params.query_scope,
+            )
+            plan = PrunePlan(params, {m: tuple(h) for m, h in stock.items()}, tuple(map(tuple, queries)))
+            inputs = dataclasses.replace(inputs, hf_processor_mm_kwargs={**rest, ZSPA_KWARG: plan.encode()})
         if tally_id is not None:
             counts = self._zspa_image_token_counts(inputs.mm_data_items, rest)
-            kept = [request.budget(n)[0] if request else n for n in counts]
-            tally.record(str(tally_id), params.prune_method if request else "none", list(zip(counts, kept)))
-        return super().apply(dataclasses.replace(inputs, hf_processor_mm_kwargs=rest), timing_ctx)
+            kept = [plan.budget(n)[0] if plan else n for n in counts]
+            tally.record(str(tally_id), params.prune_method if plan else "none", list(zip(counts, kept)))
+        result = super().apply(inputs, timing_ctx)
+        if plan is not None:
+            _check_placeholders(result)
+        return result
+
+    def _get_mm_hashes(self, inputs):
+        plan = read_plan(inputs.hf_processor_mm_kwargs)
+        if plan is None:
+            return super()._get_mm_hashes(inputs)
+        from vllm.multimodal.hasher import MultiModalHasher
+
+        algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
+        hashes = {modality: list(h) for modality, h in plan.stock_hashes.items()}
+        hashes["image"] = [
+            MultiModalHasher.hash_kwargs(algorithm, zspa_image=stock, zspa_selection=plan.selection_key(i))
+            for i, stock in enumerate(plan.stock_hashes["image"])
+        ]
+        return hashes
+
+    def _get_cache_missing_processor_kwargs(self, inputs, mm_is_cached):
+        kwargs = super()._get_cache_missing_processor_kwargs(inputs, mm_is_cached)
+        plan = read_plan(kwargs)
+        if plan is None:
+            return kwargs
+        # the HF processor runs on the items missing from vLLM's processor cache only
+        missing = {modality: [not hit for hit in hits] for modality, hits in mm_is_cached.items()}
+        return {**kwargs, ZSPA_KWARG: plan.only(missing).encode()}
 
     def _call_hf_processor(self, hf_data, hf_kwargs):
-        hf_kwargs = dict(hf_kwargs)
-        encoded = hf_kwargs.pop(ZSPA_KWARG, None)
-        processed = super()._call_hf_processor(hf_data, hf_kwargs)
-        if encoded is not None:
-            self._zspa_add_fields(PruneRequest.decode(encoded), hf_data, processed)
+        hf_kwargs = {k: v for k, v in hf_kwargs.items() if k != ZSPA_KWARG}
+        return super()._call_hf_processor(hf_data, hf_kwargs)
+
+    def _postprocess_hf_mm_data(self, mm_data, hf_processor_mm_kwargs, processed_data):
+        # runs for pixel inputs and for precomputed embeddings (which skip the HF processor)
+        processed = super()._postprocess_hf_mm_data(mm_data, hf_processor_mm_kwargs, processed_data)
+        plan = read_plan(hf_processor_mm_kwargs)
+        if plan is not None and plan.image_queries:
+            self._zspa_add_fields(plan, processed)
         return processed
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
@@ -149,24 +172,40 @@ class PruningProcessorMixin:
         sizes = [images.get_image_size(i) for i in range(len(images))]
         return [self._zspa_num_image_tokens(size.width, size.height, mm_kwargs) for size in sizes]
 
-    def _zspa_add_fields(self, request: PruneRequest, hf_data, processed) -> None:
-        counts = self._zspa_visual_counts(hf_data, processed)
-        budgets = [request.budget(n) for n in counts]
-        processed["zspa_query_ids"] = torch.tensor([request.query_ids] * len(counts), dtype=torch.long).reshape(
-            len(counts), len(request.query_ids)
-        )
+    def _zspa_add_fields(self, plan: PrunePlan, processed) -> None:
+        counts = self._zspa_visual_counts(processed)
+        if len(counts) != len(plan.image_queries):
+            raise RuntimeError(f"zspa-vllm: {len(counts)} processed images for a plan of {len(plan.image_queries)}")
+        budgets = [plan.budget(n) for n in counts]
+        method = METHODS.index(plan.params.prune_method)
+        processed["zspa_query_ids"] = [torch.tensor(q, dtype=torch.long) for q in plan.image_queries]
         processed["zspa_num_visual"] = torch.tensor(counts, dtype=torch.long)
         processed["zspa_num_keep"] = torch.tensor([keep for keep, _ in budgets], dtype=torch.long)
         processed["zspa_num_core"] = torch.tensor([core for _, core in budgets], dtype=torch.long)
-        method = request.params.prune_method
-        processed["zspa_method"] = torch.tensor([METHODS.index(method)] * len(counts), dtype=torch.long)
+        processed["zspa_method"] = torch.tensor([method] * len(counts), dtype=torch.long)
+        keys = [list(plan.content_key(i)) for i in range(len(counts))]
+        processed["zspa_image_key"] = torch.tensor(keys, dtype=torch.uint8).reshape(len(counts), 32)
 
     def _zspa_placeholder_count(self, num_visual: int, hf_processor_mm_kwargs: Mapping[str, Any]) -> int:
         """Placeholder tokens for an image of ``num_visual`` tokens under this request."""
-        encoded = hf_processor_mm_kwargs.get(ZSPA_KWARG)
-        if encoded is None:
-            return num_visual
-        return PruneRequest.decode(encoded).budget(num_visual)[0]
+        plan = read_plan(hf_processor_mm_kwargs)
+        return num_visual if plan is None else plan.budget(num_visual)[0]
+
+
+def _check_placeholders(result) -> None:
+    """Refuse a prompt whose shortened image runs the model would not fill with exactly
+    as many rows (a processing path that skipped our fields, for instance)."""
+    items = result["mm_kwargs"].get("image", [])
+    for i, (item, placeholder) in enumerate(zip(items, result["mm_placeholders"].get("image", []))):
+        if item is None:  # served from vLLM's processor cache: checked when first made
+            continue
+        slots = placeholder.get_num_embeds()
+        rows = int(item["zspa_num_keep"].data) if "zspa_num_keep" in item else None
+        if rows != slots:
+            raise ValueError(
+                f"zspa-vllm: image {i} has {slots} placeholder tokens but the model would hand "
+                f"over {'all its' if rows is None else rows} rows; this input path cannot be pruned"
+            )
 
 
 class PruningInfoMixin:

@@ -1,11 +1,21 @@
-"""Which prompt tokens form the query that visual tokens are ranked against.
+"""Which prompt tokens form the query that each image's visual tokens are ranked against.
 
-Rule: the query is the text of the LAST user turn of the templated prompt, with every
-special token (image placeholders, role markers, BOS/EOS) removed and surrounding
-whitespace stripped, re-tokenized without special tokens. A system prompt, earlier
-turns, role names and the assistant prefix are never part of it. Each family names its
-last-user-turn pattern; a prompt that does not match (a raw completion prompt) uses its
-whole text. An image-only turn gives an empty query (diversity-only selection).
+The text of a user turn is its content with every special token (image placeholders,
+role markers, BOS/EOS) removed and whitespace collapsed, re-tokenized without special
+tokens. Each family names its chat template's user-turn pattern (group 1 = the content).
+
+Rule ``image_turn`` (the default): an image is ranked against the text of the user turn
+that holds it; a turn with no text lends it the text of the next user turn that has some;
+with none, the query is empty (diversity-only selection). An image's query so never
+changes as a conversation grows, and neither do its placeholders, its hash or its kept
+tokens: vLLM's prefix and encoder caches keep serving earlier turns.
+
+Rule ``last_turn``: every image is ranked against the last user turn (re-selected, and
+its caches lost, at every new turn).
+
+A prompt that matches no user turn (a raw completion prompt) ranks every image against
+its whole text, under either rule. A system prompt, role names and the assistant's
+turns are never part of a query.
 """
 
 from __future__ import annotations
@@ -13,31 +23,86 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-# The last user turn of each chat-template style (group 1 = the turn's content).
+# The user turns of each chat-template style (group 1 = the turn's content).
 LLAVA_USER_TURN = re.compile(r"USER:(.*?)ASSISTANT:", re.S)  # llava-1.5 (llava-hf)
 MISTRAL_USER_TURN = re.compile(r"\[INST\](.*?)\[/INST\]", re.S)  # llava-v1.6-mistral
 CHATML_USER_TURN = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S)  # Qwen2.5-VL
 
 
-def query_text(prompt: str, user_turn: re.Pattern[str] | None, special_tokens: Sequence[str]) -> str:
-    """The user's question inside a rendered ``prompt`` (see the module docstring)."""
-    matches = list(user_turn.finditer(prompt)) if user_turn is not None else []
-    text = matches[-1].group(1) if matches else prompt
+def clean_text(text: str, special_tokens: Sequence[str]) -> str:
+    """``text`` without special tokens, whitespace collapsed."""
     for token in sorted(special_tokens, key=len, reverse=True):  # longest first
         if token:
             text = text.replace(token, " ")
     return " ".join(text.split())
 
 
-def query_token_ids(
-    tokenizer, prompt_ids: Sequence[int], user_turn: re.Pattern[str] | None
-) -> list[int]:
-    """Token ids of the user's question in ``prompt_ids`` (a tokenized, templated prompt)."""
+def query_text(prompt: str, user_turn: re.Pattern[str] | None, special_tokens: Sequence[str]) -> str:
+    """The last user turn's text in a rendered ``prompt`` (its whole text if no turn)."""
+    matches = list(user_turn.finditer(prompt)) if user_turn is not None else []
+    text = matches[-1].group(1) if matches else prompt
+    return clean_text(text, special_tokens)
+
+
+def image_query_texts(
+    prompt: str,
+    user_turn: re.Pattern[str] | None,
+    special_tokens: Sequence[str],
+    image_marker: str,
+    num_images: int,
+    scope: str,
+) -> list[str]:
+    """The query text of each of the ``num_images`` images of a rendered ``prompt``,
+    in order; ``image_marker`` is the text of an image's placeholder token. If the
+    markers cannot be matched one run per image, every image gets the last turn's text."""
+    turns = list(user_turn.finditer(prompt)) if user_turn is not None else []
+    if scope == "last_turn" or not turns:
+        return [query_text(prompt, user_turn, special_tokens)] * num_images
+    starts = _marker_runs(prompt, image_marker)
+    if len(starts) != num_images:
+        return [query_text(prompt, user_turn, special_tokens)] * num_images
+    texts = [clean_text(turn.group(1), special_tokens) for turn in turns]
+    queries = []
+    for start in starts:
+        # the turn holding the image, or the first one after it; then the first with text
+        first = next((j for j, turn in enumerate(turns) if turn.end() > start), len(turns))
+        queries.append(next((text for text in texts[first:] if text), ""))
+    return queries
+
+
+def image_query_token_ids(
+    tokenizer,
+    prompt_ids: Sequence[int],
+    user_turn: re.Pattern[str] | None,
+    image_token_id: int,
+    num_images: int,
+    scope: str,
+) -> list[list[int]]:
+    """Token ids of each image's query in ``prompt_ids`` (a tokenized, templated prompt
+    whose images are still one placeholder token each)."""
+    prompt = tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
+    marker = tokenizer.decode([image_token_id], skip_special_tokens=False)
+    texts = image_query_texts(prompt, user_turn, _special_token_strings(tokenizer), marker, num_images, scope)
+    encoded = {text: list(tokenizer.encode(text, add_special_tokens=False)) if text else [] for text in set(texts)}
+    return [encoded[text] for text in texts]
+
+
+def query_token_ids(tokenizer, prompt_ids: Sequence[int], user_turn: re.Pattern[str] | None) -> list[int]:
+    """Token ids of the last user turn's text in ``prompt_ids``."""
     prompt = tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
     text = query_text(prompt, user_turn, _special_token_strings(tokenizer))
-    if not text:
-        return []
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+
+def _marker_runs(prompt: str, marker: str) -> list[int]:
+    """Start offsets of the runs of back-to-back ``marker`` strings in ``prompt`` (an
+    already expanded placeholder run counts once)."""
+    starts, end = [], -1
+    for match in re.finditer(re.escape(marker), prompt):
+        if match.start() != end:
+            starts.append(match.start())
+        end = match.end()
+    return starts
 
 
 def _special_token_strings(tokenizer) -> list[str]:

@@ -276,3 +276,42 @@ def visual_tokens(family: str, width: int, height: int) -> int:
         )
         return (h // factor) * (w // factor)
     raise KeyError(family)
+
+
+# --------------------------------------------------------------------------- vision tower
+VISION_TOWER = {"llava-1.5": "vision_tower", "llava-next": "vision_tower", "qwen2.5-vl": "visual"}
+
+
+def vision_tower_calls(llm, family: str) -> int:
+    """Forward calls of the model's vision tower so far (a hook installed on first use):
+    the real count of vision-encoder runs, independent of the plugin's bookkeeping."""
+
+    def count(model):
+        tower = getattr(model, VISION_TOWER[family])
+        if not hasattr(tower, "zspa_test_calls"):
+            tower.zspa_test_calls = 0
+
+            def hook(module, args):
+                module.zspa_test_calls += 1
+
+            tower.register_forward_pre_hook(hook)
+        return tower.zspa_test_calls
+
+    return llm.apply_model(count)[0]
+
+
+def expected_cached_tokens(prompt: list[int], history: list[list[int]], block_size: int, limit: int | None = None) -> int:
+    """What vLLM's prefix cache serves of ``prompt`` when the token sequences of
+    ``history`` (earlier prompts + their outputs) are cached and every multimodal item
+    in the common prefix has the same identity: the full blocks of the longest common
+    prefix, leaving at least one token to compute; ``limit`` caps the common prefix
+    (where an item's identity changed)."""
+    common = 0
+    for earlier in history:
+        n = 0
+        while n < min(len(prompt), len(earlier)) and prompt[n] == earlier[n]:
+            n += 1
+        common = max(common, n)
+    if limit is not None:
+        common = min(common, limit)
+    return min(common, len(prompt) - 1) // block_size * block_size

@@ -411,6 +411,38 @@ def test_video_is_not_pruned(engines, with_image):
         same_output(pruned, full)
 
 
+def test_a_video_beside_an_image_keeps_stock_identity(engines):
+    """Only images carry their query in their hash: a video next to a pruned image keeps
+    stock vLLM's hash and is not re-encoded when the question changes."""
+    llm = engines.get("main")
+    processor = llm.renderer.get_mm_processor()
+    hashes, original = [], processor.apply
+
+    def spy(inputs, timing_ctx):
+        result = original(inputs, timing_ctx)
+        hashes.append(result["mm_hashes"])
+        return result
+
+    processor.apply = spy  # the engine's own processor instance, observed
+    try:
+        frames = np.stack([np.asarray(make_image(112, 84, next(_seeds))) for _ in range(4)])
+        data = {"video": (frames, VIDEO_META), "image": make_image(*fresh(336, 336))}
+        runs = []
+        for question, knobs in ((QUESTION, {}), (QUESTION, {"keep_rate": 0.25}), (OTHER_QUESTION, {"keep_rate": 0.25})):
+            prompt = _video_prompt(True).replace(QUESTION, question)
+            before = harness.vision_tower_calls(llm, FAMILY)
+            llm.generate({"prompt": prompt, "multi_modal_data": data, "mm_processor_kwargs": knobs}, sampling(1), use_tqdm=False)
+            runs.append(harness.vision_tower_calls(llm, FAMILY) - before)
+    finally:
+        del processor.apply
+    stock, first, second = hashes
+    assert stock["video"] == first["video"] == second["video"]  # stock vLLM's, whatever the question
+    assert len({stock["image"][0], first["image"][0], second["image"][0]}) == 3
+    # stock: image + video; pruned: the image under its new identity; another question:
+    # nothing (the video from vLLM's encoder cache, the image from the encoder-output cache)
+    assert runs == [2, 1, 0]
+
+
 # --------------------------------------------------------------------------- encoder budget
 def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
     llm = engines.get("small-encoder-budget")

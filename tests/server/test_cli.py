@@ -22,6 +22,15 @@ def test_knob_flags_become_vllm_mm_processor_kwargs():
     assert args.mm_processor_kwargs == {"keep_rate": "0.25", "core_ratio": "0.4"}
 
 
+def test_query_scope_is_a_knob_and_the_cache_size_goes_to_the_workers(monkeypatch):
+    monkeypatch.setenv("ZSPA_ENCODER_CACHE_MIB", "1")  # so the test's change is undone afterwards
+    args = parsed(["org/model", "--keep-rate", "0.5", "--query-scope", "last_turn", "--encoder-cache-mib", "64"])
+    assert args.mm_processor_kwargs == {"keep_rate": "0.5", "query_scope": "last_turn"}
+    import os
+
+    assert os.environ["ZSPA_ENCODER_CACHE_MIB"] == "64"  # inherited by the engine's processes
+
+
 def test_no_knob_flags_add_nothing():
     args = parsed(["org/model", "--tensor-parallel-size", "2"])
     assert args.mm_processor_kwargs is None and args.tensor_parallel_size == 2
@@ -38,6 +47,9 @@ def test_flags_merge_with_the_users_mm_processor_kwargs():
         (["m", "--keep-rate", "2"], "keep-rate must be in (0, 1]"),
         (["m", "--core-ratio", "abc"], "core-ratio must be a number"),
         (["m", "--prune-method", "fast"], "prune-method must be one of"),
+        (["m", "--query-scope", "all"], "query-scope must be one of ['image_turn', 'last_turn'], got 'all'"),
+        (["m", "--encoder-cache-mib", "-5"], "--encoder-cache-mib must be a whole number of MiB >= 0, got '-5'"),
+        (["m", "--encoder-cache-mib", "lots"], "--encoder-cache-mib must be a whole number of MiB >= 0, got 'lots'"),
         (["m", "--keep-rate", "0.5", "--mm-processor-kwargs", '{"keep_rate": 0.25}'], "contradicts"),
         (["m", "--demo"], "--demo serves the built-in demo model"),
     ],

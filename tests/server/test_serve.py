@@ -103,6 +103,8 @@ BAD_KNOBS = [
     ({"core_ratio": "x"}, "core_ratio"),
     ({"prune_method": "fast"}, "prune_method"),
     ({"prune_method": 3}, "prune_method"),
+    ({"query_scope": "everything"}, "query_scope"),
+    ({"mm_processor_kwargs": {"query_scope": ["last_turn"]}}, "mm_processor_kwargs.query_scope"),
     ({"mm_processor_kwargs": {"keep_rate": 2}}, "mm_processor_kwargs.keep_rate"),
     ({"mm_processor_kwargs": {"prune_method": None, "core_ratio": "?"}}, "mm_processor_kwargs.core_ratio"),
     ({"mm_processor_kwargs": "keep_rate=0.5"}, "mm_processor_kwargs"),
@@ -142,6 +144,20 @@ def test_bad_bodies_are_400_or_413_and_the_server_stays_healthy(server, model, t
     assert httpx.get(f"{server.base_url}/health").status_code == 200
     good = post(server, chat_body(model, 8, keep_rate=0.1))
     assert good.status_code == 200 and good.json()["usage"]["prompt_tokens"] == text_tokens + 58
+
+
+def test_deeply_nested_json_is_400_on_every_endpoint(server, model, text_tokens):
+    """A 5000-deep array (beyond the JSON parser's recursion limit) and one just inside
+    it: 400, never 500, on our endpoints and on vLLM's own; the server stays healthy."""
+    for depth in (5000, 990):
+        nested = "[" * depth + "]" * depth
+        for path, field in (("/v1/chat/completions", "messages"), ("/v1/responses", "input"), ("/tokenize", "messages"), ("/v1/completions", "prompt")):
+            body = f'{{"model": {json.dumps(model)}, "{field}": {nested}, "keep_rate": 0.5}}'.encode()
+            response = httpx.post(f"{server.base_url}{path}", content=body, headers={**AUTH, "Content-Type": "application/json"}, timeout=120)
+            assert response.status_code == 400, (depth, path, response.text[:300])
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+    good = post(server, chat_body(model, 9, keep_rate=0.25))
+    assert good.status_code == 200 and good.json()["usage"]["prompt_tokens"] == text_tokens + 144
 
 
 def test_tokenize_endpoint_takes_the_knobs(server, model, text_tokens):
@@ -213,6 +229,25 @@ def test_metrics_count_visual_tokens_before_and_after(server, model):
         ("zspa_visual_tokens", "none"): N, ("zspa_visual_tokens_kept", "none"): N,
     }
     assert "vllm:prompt_tokens" in httpx.get(f"{server.base_url}/metrics").text  # vLLM's own are still there
+
+
+def test_metrics_count_encoder_cache_hits_and_misses(server, model):
+    """One image, three questions, then one of them again: the vision encoder runs once
+    (a miss), the other two questions are served from the encoder-output cache (hits),
+    and the repeat never reaches it (vLLM's own caches answer)."""
+
+    def scrape(name):
+        text = httpx.get(f"{server.base_url}/metrics").text
+        match = re.search(rf'^zspa_encoder_cache_{name}\{{dp_rank="0",tp_rank="0"\}} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    before = {name: scrape(name) for name in ("hits_total", "misses_total")}
+    for question in ("What is it?", "Where is the circle?", "Which colour dominates?", "What is it?"):
+        assert post(server, chat_body(model, 18, question, keep_rate=0.25)).status_code == 200
+    delta = {name: scrape(name) - before[name] for name in before}
+    assert delta == {"hits_total": 2, "misses_total": 1}
+    assert scrape("capacity_bytes") == 512 << 20  # the default
+    assert 0 < scrape("bytes") <= 512 << 20
 
 
 def test_responses_endpoint_takes_the_knobs_and_reports_counts(server, model):

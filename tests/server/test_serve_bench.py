@@ -39,3 +39,41 @@ def test_serve_bench_smallest_run(tmp_path):
     table = (tmp_path / "smoke.md").read_text()
     assert "| llava-1.5 | zspa keep_rate=0.1 |" in table and "Command: `" in table
     assert (tmp_path / "smoke.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_serve_bench_chat_workloads_smallest_run(tmp_path):
+    """The chat workloads: encoder work per conversation / image is what each setting
+    should do (numbers of requests and encoder runs, not timings, are checked)."""
+    turns, questions = 3, 3
+    command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), "--workload", "chat", "--families", "llava-1.5",
+               "--hidden", "128", "--layers", "2", "--conversations", "1", "--turns", str(turns), "--images", "1",
+               "--questions", str(questions), "--concurrency", "1", "--max-tokens", "2", "--repeats", "1", "--warmup", "0",
+               "--kv-cache-gib", "1", "--out", str(tmp_path), "--name", "smoke"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads((tmp_path / "smoke_chat.json").read_text())
+
+    def median(row, key):
+        return row[key]["median"]
+
+    chat = {row["setting"]: row for row in data["chat"]}
+    stock, image_turn = chat["stock vLLM"], chat["zspa image_turn (default)"]
+    last_turn, previous = chat["zspa last_turn"], chat["previous release: last_turn, no encoder cache"]
+    assert len(stock["ttft_ms_by_turn"]) == turns
+    # the image is encoded once per conversation, except the previous release's rule
+    for row in (stock, image_turn):
+        assert median(row, "encoder_inputs_per_conversation") == median(row, "encoder_runs_per_conversation") == 1
+    assert median(last_turn, "encoder_inputs_per_conversation") == turns  # re-selected every turn ...
+    assert median(last_turn, "encoder_runs_per_conversation") == 1  # ... from the encoder-output cache
+    assert median(previous, "encoder_runs_per_conversation") == turns
+    # image_turn keeps the prefix cache in later turns; last_turn loses it from the image on
+    assert image_turn["cached_tokens_by_turn"][-1]["median"] >= 128
+    assert last_turn["cached_tokens_by_turn"][-1]["median"] == 0
+
+    same = {row["setting"]: row for row in data["questions"]}
+    assert median(same["zspa (encoder cache on)"], "encoder_runs_per_image") == 1
+    assert median(same["previous release: no encoder cache"], "encoder_runs_per_image") == questions
+    assert median(same["stock vLLM"], "encoder_runs_per_image") == 1
+    table = (tmp_path / "smoke_chat.md").read_text()
+    assert "### Multi-turn chat" in table and "| llava-1.5 | zspa last_turn |" in table
+    assert (tmp_path / "smoke_chat.png").read_bytes()[:4] == b"\x89PNG"

@@ -4,13 +4,43 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zspa_vllm.params import KNOB_NAMES, PruneParams, parse_knobs, split_knobs
+from zspa_vllm.params import (
+    ENCODER_CACHE_MIB_ENV,
+    KNOB_NAMES,
+    PruneParams,
+    encoder_cache_bytes,
+    parse_knobs,
+    split_knobs,
+)
 
 
 def test_defaults_do_not_prune():
     params = parse_knobs({})
-    assert params == PruneParams(keep_rate=1.0, core_ratio=0.2, prune_method="zspa")
+    assert params == PruneParams(keep_rate=1.0, core_ratio=0.2, prune_method="zspa", query_scope="image_turn")
     assert not params.prunes
+
+
+def test_query_scope_parses_and_overrides_defaults():
+    assert parse_knobs({"query_scope": " Last_Turn "}).query_scope == "last_turn"
+    defaults = PruneParams(0.5, query_scope="last_turn")
+    assert parse_knobs({"keep_rate": 0.25}, defaults).query_scope == "last_turn"
+    assert parse_knobs({"query_scope": "image_turn"}, defaults).query_scope == "image_turn"
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, 512 << 20), ("", 512 << 20), ("0", 0), (" 64 ", 64 << 20), ("4096", 4096 << 30 >> 10)],
+)
+def test_encoder_cache_size(value, expected):
+    environ = {} if value is None else {ENCODER_CACHE_MIB_ENV: value}
+    assert encoder_cache_bytes(environ) == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "lots", "1e3"])
+def test_bad_encoder_cache_size_names_variable_and_value(value):
+    with pytest.raises(ValueError) as err:
+        encoder_cache_bytes({ENCODER_CACHE_MIB_ENV: value})
+    assert str(err.value) == f"ZSPA_ENCODER_CACHE_MIB must be a whole number of MiB >= 0, got {value!r}"
 
 
 @pytest.mark.parametrize("spelling", [0.25, "0.25", 0.250, " 0.25 ", "2.5e-1", 0.2500000000001])
@@ -64,6 +94,8 @@ def test_values_override_defaults():
         ({"core_ratio": {}}, "core_ratio must be a number, got {}"),
         ({"prune_method": "random"}, "prune_method must be one of ['zspa', 'relevance', 'divprune', 'none'], got 'random'"),
         ({"prune_method": 3}, "prune_method must be one of"),
+        ({"query_scope": "all"}, "query_scope must be one of ['image_turn', 'last_turn'], got 'all'"),
+        ({"query_scope": 1}, "query_scope must be one of ['image_turn', 'last_turn'], got 1"),
     ],
 )
 def test_bad_values_name_field_and_value(values, message):
@@ -73,7 +105,9 @@ def test_bad_values_name_field_and_value(values, message):
 
 
 def test_split_knobs_removes_only_ours():
-    ours, rest = split_knobs({"keep_rate": 0.1, "core_ratio": 0.2, "prune_method": "zspa", "max_pixels": 1000})
+    ours, rest = split_knobs(
+        {"keep_rate": 0.1, "core_ratio": 0.2, "prune_method": "zspa", "query_scope": "last_turn", "max_pixels": 1000}
+    )
     assert set(ours) == set(KNOB_NAMES)
     assert rest == {"max_pixels": 1000}
 

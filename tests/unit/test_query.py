@@ -66,3 +66,90 @@ def test_each_family_processor_uses_the_pattern_tested_here():
         "qwen2.5-vl": ZspaQwen2_5_VLMultiModalProcessor,
     }
     assert {family: cls.QUERY_PATTERN for family, cls in processors.items()} == FAMILIES
+
+
+# --------------------------------------------------------------------------- per image
+IMAGE_TOKENS = {"llava-1.5": "<image>", "llava-next": "<image>", "qwen2.5-vl": "<|image_pad|>"}
+
+# (messages, the query of each image under image_turn, under last_turn)
+CHATS = {
+    "follow-up without image": (
+        [_user(None, "How many squares?"), _assistant("Three."), _user("And circles?")],
+        ["How many squares?"],
+        ["And circles?"],
+    ),
+    "an image per turn": (
+        [_user(None, "How many squares?"), _assistant("Three."), _user(None, "Is this one brighter?")],
+        ["How many squares?", "Is this one brighter?"],
+        ["Is this one brighter?"] * 2,
+    ),
+    "image-only turn borrows the next question": (
+        [_user(None), _assistant("Nice."), _user("What is on the left?"), _assistant("A cat."), _user("Sure?")],
+        ["What is on the left?"],
+        ["Sure?"],
+    ),
+    "image-only turn, no question yet": ([_user(None)], [""], [""]),
+    "two images in one turn": (
+        [_user(None, None, "Which one is brighter?")],
+        ["Which one is brighter?"] * 2,
+        ["Which one is brighter?"] * 2,
+    ),
+    "three turns, images in turns 1 and 3": (
+        [
+            _user(None, "Count the circles."),
+            _assistant("Two."),
+            _user("Their colours?"),
+            _assistant("Red."),
+            _user("Describe this:", None),
+        ],
+        ["Count the circles.", "Describe this:"],
+        ["Describe this:"] * 2,
+    ),
+}
+
+
+def _queries(family, messages, scope):
+    from zspa_vllm.query import image_query_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(fixture_path(family))
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKENS[family])
+    num_images = ids.count(image_id)
+    queries = image_query_token_ids(tokenizer, ids, FAMILIES[family], image_id, num_images, scope)
+    return [tokenizer.decode(q) for q in queries]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("case", CHATS)
+def test_each_image_is_ranked_against_its_own_turn(family, case):
+    messages, image_turn, last_turn = CHATS[case]
+    assert _queries(family, messages, "image_turn") == image_turn
+    assert _queries(family, messages, "last_turn") == last_turn
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_image_keeps_its_query_as_the_chat_grows(family):
+    turn1 = [_user(None, "How many squares?")]
+    chat = turn1
+    for follow_up in ("And circles?", "Which is largest?", "Thanks, and the colour?"):
+        chat = [*chat, _assistant("Some."), _user(follow_up)]
+        assert _queries(family, chat, "image_turn") == _queries(family, turn1, "image_turn") == ["How many squares?"]
+    assert _queries(family, chat, "last_turn") == ["Thanks, and the colour?"]
+
+
+def test_markers_that_do_not_match_the_images_fall_back_to_the_last_turn():
+    from zspa_vllm.query import image_query_texts
+
+    prompt = "USER: <image>\nfirst ASSISTANT: a</s>USER: second ASSISTANT:"
+    specials = ["<image>", "</s>"]
+    assert image_query_texts(prompt, LLAVA_USER_TURN, specials, "<image>", 1, "image_turn") == ["first"]
+    # an already expanded run of placeholders is one image
+    expanded = prompt.replace("<image>", "<image>" * 5)
+    assert image_query_texts(expanded, LLAVA_USER_TURN, specials, "<image>", 1, "image_turn") == ["first"]
+    # two images but one marker run: cannot tell which is which, so the last turn's text
+    assert image_query_texts(prompt, LLAVA_USER_TURN, specials, "<image>", 2, "image_turn") == ["second", "second"]
+    # no turn at all (a raw prompt): the whole text, under either scope
+    raw = "<image>\nDescribe the picture."
+    for scope in ("image_turn", "last_turn"):
+        assert image_query_texts(raw, LLAVA_USER_TURN, specials, "<image>", 1, scope) == ["Describe the picture."]

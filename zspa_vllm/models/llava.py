@@ -23,7 +23,16 @@ from zspa_vllm.query import LLAVA_USER_TURN
 
 class PrunedLlavaPlaceholders:
     """vLLM's one LLaVA image replacement (LLaVA-1.5 and LLaVA-NeXT), with the pruned
-    count; mix in before a ``BaseLlavaMultiModalProcessor``."""
+    count; mix in before a ``BaseLlavaMultiModalProcessor``. Families implement
+    ``_zspa_pixel_counts`` (tokens per image of pixel inputs)."""
+
+    def _zspa_image_token_id(self) -> int:
+        return self.info.get_hf_config().image_token_index
+
+    def _zspa_visual_counts(self, processed):
+        if "image_embeds" in processed:  # precomputed: one (n, d) tensor per image
+            return [len(embeds) for embeds in processed["image_embeds"]]
+        return self._zspa_pixel_counts(processed)
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         (update,) = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
@@ -39,7 +48,7 @@ class PrunedLlavaPlaceholders:
 class ZspaLlavaMultiModalProcessor(PruningProcessorMixin, PrunedLlavaPlaceholders, LlavaMultiModalProcessor):
     QUERY_PATTERN = LLAVA_USER_TURN  # "USER: <image>\n{question} ASSISTANT:"
 
-    def _zspa_visual_counts(self, hf_data, processed):
+    def _zspa_pixel_counts(self, processed):
         return [int(self.info.get_num_image_tokens(image_width=1, image_height=1))] * len(
             processed["pixel_values"]
         )

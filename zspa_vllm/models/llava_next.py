@@ -31,7 +31,7 @@ from zspa_vllm.query import MISTRAL_USER_TURN
 class ZspaLlavaNextMultiModalProcessor(PruningProcessorMixin, PrunedLlavaPlaceholders, LlavaNextMultiModalProcessor):
     QUERY_PATTERN = MISTRAL_USER_TURN  # llava-v1.6-mistral: "[INST] <image>\n{question} [/INST]"
 
-    def _zspa_visual_counts(self, hf_data, processed):
+    def _zspa_pixel_counts(self, processed):
         # image_sizes: (height, width) of each original image, as the HF processor saw it
         return [
             int(self.info.get_num_image_tokens(image_width=int(w), image_height=int(h)))

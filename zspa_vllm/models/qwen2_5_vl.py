@@ -47,7 +47,7 @@ from vllm.model_executor.models.qwen2_5_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import PromptReplacement
 
-from zspa_vllm.model import PruningModelMixin, encoder_groups
+from zspa_vllm.model import PruningModelMixin
 from zspa_vllm.processor import ZSPA_KWARG, PruningInfoMixin, PruningProcessorMixin
 from zspa_vllm.query import CHATML_USER_TURN
 
@@ -68,12 +68,15 @@ def _is_pruned_image(feature) -> bool:
 class ZspaQwen2_5_VLMultiModalProcessor(PruningProcessorMixin, Qwen2_5_VLMultiModalProcessor):
     QUERY_PATTERN = CHATML_USER_TURN  # "<|im_start|>user\n{content}<|im_end|>"
 
-    def _zspa_visual_counts(self, hf_data, processed):
-        grid = processed.get("image_grid_thw")
+    def _zspa_visual_counts(self, processed):
+        grid = processed.get("image_grid_thw")  # pixel inputs and precomputed embeddings
         if grid is None:  # no images in this call (text or video only)
             return []
         merge = self.info.get_hf_config().vision_config.spatial_merge_size
         return [int(t * h * w) // merge**2 for t, h, w in grid.tolist()]
+
+    def _zspa_image_token_id(self):
+        return self.info.get_hf_config().image_token_id
 
     def _zspa_num_image_tokens(self, width, height, mm_kwargs):
         image_processor = self.info.get_image_processor(**mm_kwargs)  # its min/max_pixels decide
@@ -116,9 +119,7 @@ class ZspaQwen2_5_VLForConditionalGeneration(PruningModelMixin, Qwen2_5_VLForCon
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        if self.is_multimodal_pruning_enabled:
-            # vLLM's EVS would append its own 4 position columns to every image
-            raise ValueError("zspa-vllm: Qwen2.5-VL image pruning cannot be combined with video_pruning_rate > 0")
+        # (video_pruning_rate, pipeline parallelism: refused at start-up, zspa_vllm/config_checks.py)
         _install_runner_hooks()
 
     # -- worker: selection output
@@ -131,17 +132,16 @@ class ZspaQwen2_5_VLForConditionalGeneration(PruningModelMixin, Qwen2_5_VLForCon
         finally:
             self._zspa_grids = None
 
-    def _zspa_encoder_groups(self, kwargs, num_visual):
-        if set(kwargs) != {"pixel_values", "image_grid_thw"}:  # e.g. precomputed image_embeds
-            return [(0, len(num_visual))]
-        return encoder_groups(num_visual, self._zspa_encoder_budget or sum(num_visual))
-
-    def _zspa_slice_inputs(self, kwargs, start, end, count):
+    def _zspa_select_inputs(self, kwargs, indices, count):
+        if indices == list(range(count)):
+            return kwargs
+        if set(kwargs) != {"pixel_values", "image_grid_thw"}:
+            return None
         # pixel_values holds every image's patches back to back: t * h * w rows each
         grid = kwargs["image_grid_thw"]
         ends = torch.cumsum(grid.prod(dim=-1), dim=0).tolist()
-        first = ends[start - 1] if start else 0
-        return {"pixel_values": kwargs["pixel_values"][first : ends[end - 1]], "image_grid_thw": grid[start:end]}
+        pixels = [kwargs["pixel_values"][(ends[i - 1] if i else 0) : ends[i]] for i in indices]
+        return {"pixel_values": torch.cat(pixels), "image_grid_thw": grid[indices]}
 
     def _zspa_kept_rows(self, visual, kept, item):
         t, h, w = (int(x) for x in self._zspa_grids[item])

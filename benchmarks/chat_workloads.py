@@ -1,0 +1,267 @@
+"""Chat workloads of the serving benchmark (``serve_bench.py --workload chat``).
+
+- **Multi-turn**: conversations of TURNS turns, the image in turn 1, text follow-ups,
+  each turn sent after the previous answer arrived; TTFT of each turn.
+- **Same image, many questions**: each image asked QUESTIONS questions in separate
+  requests, one after another; TTFT of the first and of the later questions.
+
+Settings, side by side on one engine configuration: stock vLLM; zspa-serve at one keep
+rate with the default ``image_turn`` query and with ``last_turn``; and the previous
+release's behaviour (``last_turn`` with the encoder-output cache off, a server started
+with ``ZSPA_ENCODER_CACHE_MIB=0``). Every server runs with prefix caching and
+``--enable-prompt-tokens-details``, so each response says how many prompt tokens came
+from the prefix cache, and with ``--enable-logging-iteration-details``, so the log says
+how many encoder inputs vLLM's scheduler sent to the model in each step (what stock
+vLLM's vision encoder runs on). zspa-serve's model may still skip the vision encoder for
+such an input (its encoder-output cache): its vision-encoder runs are read from its
+``/metrics`` (``zspa_encoder_cache_misses_total``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import statistics
+import time
+
+import httpx
+
+QUESTIONS = [
+    "Describe the objects in this picture and their colors.",
+    "Which object is the largest?",
+    "How many objects are on the left half?",
+    "Is anything touching the border of the picture?",
+    "What colour is the background?",
+    "Which two objects are closest to each other?",
+    "Is there a red circle?",
+    "What is in the bottom right corner?",
+]
+
+# (label, server, knobs) of each workload; keep rate filled in by rows()
+CHAT_ROWS = [
+    ("stock vLLM", "stock", {}),
+    ("zspa image_turn (default)", "zspa", {"query_scope": "image_turn"}),
+    ("zspa last_turn", "zspa", {"query_scope": "last_turn"}),
+    ("previous release: last_turn, no encoder cache", "zspa-nocache", {"query_scope": "last_turn"}),
+]
+QUESTION_ROWS = [
+    ("stock vLLM", "stock", {}),
+    ("zspa (encoder cache on)", "zspa", {}),
+    ("previous release: no encoder cache", "zspa-nocache", {}),
+]
+SERVERS = {"stock": {}, "zspa": {}, "zspa-nocache": {"ZSPA_ENCODER_CACHE_MIB": "0"}}
+SERVER_ARGS = ["--enable-prefix-caching", "--enable-prompt-tokens-details", "--enable-logging-iteration-details"]
+
+
+def rows(keep_rate: float) -> tuple[list, list]:
+    def with_rate(table):
+        return [(label, server, {**knobs, "keep_rate": keep_rate} if server != "stock" else {}) for label, server, knobs in table]
+
+    return with_rate(CHAT_ROWS), with_rate(QUESTION_ROWS)
+
+
+# --------------------------------------------------------------------------- requests
+async def _turn(client, model, messages, knobs, max_tokens) -> dict:
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True, **knobs}
+    start, ttft, usage, prompt_ids, text = time.perf_counter(), None, None, None, []
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            prompt_ids = chunk.get("prompt_token_ids") or prompt_ids
+            for choice in chunk.get("choices") or []:
+                if ttft is None:
+                    ttft = time.perf_counter() - start
+                text.append((choice.get("delta") or {}).get("content") or "")
+            usage = chunk.get("usage") or usage
+    details = usage.get("prompt_tokens_details") or {}
+    return {"ttft_ms": 1000 * ttft, "prompt_tokens": usage["prompt_tokens"], "cached_tokens": details.get("cached_tokens") or 0,
+            "prompt_ids": prompt_ids, "answer": "".join(text)}
+
+
+def _user(image_url: str | None, text: str) -> dict:
+    image = [{"type": "image_url", "image_url": {"url": image_url}}] if image_url else []
+    return {"role": "user", "content": [*image, {"type": "text", "text": text}]}
+
+
+async def _conversation(client, model, image_url, knobs, turns, max_tokens, image_token) -> list[dict]:
+    messages, results = [_user(image_url, QUESTIONS[0])], []
+    for k in range(turns):
+        if k:
+            messages += [{"role": "assistant", "content": results[-1]["answer"]}, _user(None, QUESTIONS[k])]
+        results.append(await _turn(client, model, messages, knobs, max_tokens))
+    ids = results[0]["prompt_ids"]
+    image_end = max(i for i, t in enumerate(ids) if t == image_token) + 1
+    for turn in results:
+        turn["image_prefix_cached"] = turn["cached_tokens"] >= image_end  # every image token's KV reused
+        del turn["prompt_ids"], turn["answer"]
+    return results
+
+
+async def _questions(client, model, image_url, knobs, count, max_tokens) -> list[dict]:
+    results = []
+    for question in QUESTIONS[:count]:
+        turn = await _turn(client, model, [_user(image_url, question)], knobs, max_tokens)
+        del turn["prompt_ids"], turn["answer"]
+        results.append(turn)
+    return results
+
+
+class EncoderWork:
+    """Encoder work a server did during a run: the inputs vLLM's scheduler sent to the
+    model (its iteration log) and, for zspa-serve, the vision-encoder runs (/metrics)."""
+
+    def __init__(self, base_url: str, log_path) -> None:
+        self._base_url, self._log_path = base_url, log_path
+
+    def _snapshot(self) -> tuple[int, float | None]:
+        inputs = sum(int(n) for n in re.findall(r"encoder inputs: (\d+)", self._log_path.read_text(errors="replace")))
+        text = httpx.get(f"{self._base_url}/metrics", timeout=60).text
+        misses = re.findall(r'^zspa_encoder_cache_misses_total\{dp_rank="\d+",tp_rank="0"\} (\S+)$', text, re.M)
+        return inputs, (sum(float(m) for m in misses) if misses else None)
+
+    def __enter__(self):
+        time.sleep(1.5)  # the engine logs its stats a moment after the step
+        self._before = self._snapshot()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(1.5)
+        after = self._snapshot()
+        self.scheduled = after[0] - self._before[0]
+        # stock vLLM runs its vision encoder on every scheduled input
+        self.runs = self.scheduled if after[1] is None else after[1] - self._before[1]
+
+
+async def _run_all(base_url, items, concurrency, one):
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=3600) as client:
+
+        async def bounded(item):
+            async with limit:
+                return await one(client, item)
+
+        return await asyncio.gather(*(bounded(item) for item in items))
+
+
+def run_chat(server, model, image_urls, knobs, turns, concurrency, max_tokens, image_token) -> dict:
+    async def one(client, url):
+        return await _conversation(client, model, url, knobs, turns, max_tokens, image_token)
+
+    with EncoderWork(server.base_url, server.log_path) as work:
+        conversations = asyncio.run(_run_all(server.base_url, image_urls, concurrency, one))
+    per_turn = list(zip(*conversations))
+    return {
+        "ttft_ms_by_turn": [statistics.median(t["ttft_ms"] for t in turn) for turn in per_turn],
+        "prompt_tokens_by_turn": [statistics.mean(t["prompt_tokens"] for t in turn) for turn in per_turn],
+        "cached_tokens_by_turn": [statistics.mean(t["cached_tokens"] for t in turn) for turn in per_turn],
+        "image_prefix_cached_later_turns": statistics.mean(t["image_prefix_cached"] for turn in per_turn[1:] for t in turn),
+        "encoder_inputs_per_conversation": work.scheduled / len(image_urls),
+        "encoder_runs_per_conversation": work.runs / len(image_urls),
+    }
+
+
+def run_questions(server, model, image_urls, knobs, count, concurrency, max_tokens) -> dict:
+    async def one(client, url):
+        return await _questions(client, model, url, knobs, count, max_tokens)
+
+    with EncoderWork(server.base_url, server.log_path) as work:
+        images = asyncio.run(_run_all(server.base_url, image_urls, concurrency, one))
+    first = [questions[0] for questions in images]
+    later = [q for questions in images for q in questions[1:]]
+    return {
+        "ttft_first_ms": statistics.median(q["ttft_ms"] for q in first),
+        "ttft_later_ms": statistics.median(q["ttft_ms"] for q in later),
+        "prompt_tokens": statistics.mean(q["prompt_tokens"] for q in later),
+        "cached_tokens_later": statistics.mean(q["cached_tokens"] for q in later),
+        "encoder_inputs_per_image": work.scheduled / len(image_urls),
+        "encoder_runs_per_image": work.runs / len(image_urls),
+    }
+
+
+# --------------------------------------------------------------------------- summaries
+def _stat(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(label: str, server: str, knobs: dict, runs: list[dict]) -> dict:
+    row = {"setting": label, "server": server, "knobs": knobs, "runs": runs}
+    for key, value in runs[0].items():
+        if isinstance(value, list):
+            row[key] = [_stat([r[key][i] for r in runs]) for i in range(len(value))]
+        elif isinstance(value, bool) or value is None:
+            row[key] = value
+        else:
+            row[key] = _stat([r[key] for r in runs])
+    return row
+
+
+def _fmt(stat, digits=0) -> str:
+    return "-" if not stat else f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+
+def markdown(chat: list[dict], questions: list[dict], meta: dict) -> str:
+    lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Workloads: {meta['workload']}  ",
+             "Values: median (min-max) over the repeats; a run's value is the median over its conversations (images).", ""]
+    turns = len(chat[0]["ttft_ms_by_turn"])
+    header = ["family", "setting", *[f"TTFT turn {k + 1} ms" for k in range(turns)], "prompt tok (turn 1 / last)",
+              "prefix-cached tok (last turn)", "image KV reused, turns 2+", "encoder inputs / conversation",
+              "vision-encoder runs / conversation", "turns 2+ TTFT vs stock"]
+    lines += ["### Multi-turn chat (image in turn 1)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    stock = {r["family"]: r for r in chat if r["server"] == "stock"}
+    for r in chat:
+        later = statistics.mean(s["median"] for s in r["ttft_ms_by_turn"][1:])
+        base = statistics.mean(s["median"] for s in stock[r["family"]]["ttft_ms_by_turn"][1:])
+        lines.append("| " + " | ".join([
+            r["family"], r["setting"], *[_fmt(s) for s in r["ttft_ms_by_turn"]],
+            f"{r['prompt_tokens_by_turn'][0]['median']:.0f} / {r['prompt_tokens_by_turn'][-1]['median']:.0f}",
+            f"{r['cached_tokens_by_turn'][-1]['median']:.0f}", f"{100 * r['image_prefix_cached_later_turns']['median']:.0f}%",
+            _fmt(r["encoder_inputs_per_conversation"], 2), _fmt(r["encoder_runs_per_conversation"], 2), f"{later / base:.2f}x",
+        ]) + " |")
+    header = ["family", "setting", "TTFT first question ms", "TTFT later questions ms", "prompt tok", "prefix-cached tok (later)",
+              "encoder inputs / image", "vision-encoder runs / image", "later TTFT vs stock"]
+    lines += ["", "### Same image, many questions (separate requests)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    stock = {r["family"]: r for r in questions if r["server"] == "stock"}
+    for r in questions:
+        lines.append("| " + " | ".join([
+            r["family"], r["setting"], _fmt(r["ttft_first_ms"]), _fmt(r["ttft_later_ms"]), f"{r['prompt_tokens']['median']:.0f}",
+            f"{r['cached_tokens_later']['median']:.0f}", _fmt(r["encoder_inputs_per_image"], 2), _fmt(r["encoder_runs_per_image"], 2),
+            f"{r['ttft_later_ms']['median'] / stock[r['family']]['ttft_later_ms']['median']:.2f}x",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(chat: list[dict], questions: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(dict.fromkeys(r["family"] for r in chat))
+    fig, axes = plt.subplots(len(families), 2, figsize=(12, 3.4 * len(families)), squeeze=False)
+    for (ax_chat, ax_q), family in zip(axes, families):
+        for r in (r for r in chat if r["family"] == family):
+            med = [s["median"] for s in r["ttft_ms_by_turn"]]
+            turns = range(1, len(med) + 1)
+            ax_chat.errorbar(turns, med, yerr=[[m - s["min"] for m, s in zip(med, r["ttft_ms_by_turn"])],
+                                                [s["max"] - m for m, s in zip(med, r["ttft_ms_by_turn"])]],
+                             marker="o", capsize=3, label=r["setting"], color="gray" if r["server"] == "stock" else None)
+        ax_chat.set(title=f"{family}: multi-turn chat, TTFT by turn", xlabel="turn", ylabel="ms", xticks=list(turns))
+        ax_chat.legend(fontsize=7)
+        sub = [r for r in questions if r["family"] == family]
+        x = range(len(sub))
+        for offset, key, name in ((-0.2, "ttft_first_ms", "first question"), (0.2, "ttft_later_ms", "later questions")):
+            med = [r[key]["median"] for r in sub]
+            ax_q.bar([i + offset for i in x], med, width=0.4, label=name,
+                     yerr=[[m - r[key]["min"] for m, r in zip(med, sub)], [r[key]["max"] - m for m, r in zip(med, sub)]], capsize=3)
+        ax_q.set_xticks(list(x), [r["setting"].replace(" (", "\n(").replace(": ", ":\n") for r in sub], fontsize=7)
+        ax_q.set(title=f"{family}: same image, many questions, TTFT", ylabel="ms")
+        ax_q.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,286 @@
+"""Pruning keeps vLLM's caches in a conversation, and runs the vision encoder once per
+image (zspa_vllm/query.py, processor.py, encoder_cache.py), on the real CPU engine.
+
+Per family two engines, one alive at a time: "cached" (prefix caching on, the encoder
+output cache at its default size) and "uncached" (prefix caching off, the encoder output
+cache off, precomputed image embeddings allowed): the reference every cached answer must
+equal. Vision-encoder runs are counted with a forward hook on the model's vision tower.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.engine import harness
+from tests.engine.harness import FAMILIES, fixture_path, model_class_of, sampling, vision_tower_calls, visual_tokens
+from tests.fixtures.images import make_image
+from zspa_vllm import observe
+from zspa_vllm.params import ENCODER_CACHE_MIB_ENV
+from zspa_vllm.prune import num_kept, select_tokens
+
+pytestmark = pytest.mark.engine
+
+KEEP = 0.25
+EXACT_ATOL = 1e-5  # same computation, other caches (float32)
+DIFF_MIN = 1e-3  # what a real difference moves some logprob by, at least
+SIZE = (1024, 768)  # n = 576 / 2340 / 999: the pruned image spans whole KV blocks
+QUESTIONS = [
+    "What is shown in this picture?",
+    "What colour is the largest shape?",
+    "How many shapes are on the left?",
+    "Is there a red circle?",
+    "Describe the bottom right corner.",
+    "Which shape is closest to the top?",
+    "Are any two shapes touching?",
+    "What is the background colour?",
+]
+REPLIES = ["Some shapes.", "Red, I think."]
+
+_seeds = iter(range(20_000, 30_000))
+
+
+def fresh_image(size=SIZE):
+    return make_image(*size, next(_seeds))
+
+
+class Engines:
+    """The family's two engines, one alive at a time."""
+
+    def __init__(self, start, family: str):
+        self._start, self.family, self.name, self.llm = start, family, None, None
+
+    def get(self, name: str):
+        if self.name != name:
+            video = 1 if self.family == "qwen2.5-vl" else 0
+            if name == "cached":
+                os.environ.pop(ENCODER_CACHE_MIB_ENV, None)  # the default size
+                kwargs = dict(enable_prefix_caching=True, limit_mm_per_prompt={"image": 2, "video": video})
+            else:
+                os.environ[ENCODER_CACHE_MIB_ENV] = "0"  # read by each worker's model at start-up
+                kwargs = dict(enable_prefix_caching=False, enable_mm_embeds=True)
+            try:
+                self.llm, _ = self._start(self.family, **kwargs)
+            finally:
+                os.environ.pop(ENCODER_CACHE_MIB_ENV, None)
+            self.name = name
+            assert model_class_of(self.llm).__module__.startswith("zspa_vllm.models")
+        return self.llm
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def engines(request, zspa_engines):
+    # module scope + params: pytest runs every test of one family before the next family
+    return Engines(zspa_engines, request.param)
+
+
+def user(text: str | None, *images) -> dict:
+    parts = [{"type": "image_pil", "image_pil": image} for image in images]
+    return {"role": "user", "content": parts + ([{"type": "text", "text": text}] if text else [])}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def chat(llm, messages, **knobs):
+    observe.clear()
+    (out,) = llm.chat(messages, sampling(3), mm_processor_kwargs=knobs or None, use_tqdm=False)
+    return out
+
+
+def run_conversation(llm, family, turns, **knobs):
+    """Each turn: (question, images); fixed assistant replies in between. Returns, per
+    turn, (output, selections made, vision-tower runs)."""
+    messages, results = [], []
+    for k, (question, images) in enumerate(turns):
+        if k:
+            messages.append(assistant(REPLIES[k - 1]))
+        messages.append(user(question, *images))
+        before = vision_tower_calls(llm, family)
+        out = chat(llm, messages, **knobs)
+        results.append((out, list(observe.RECENT), vision_tower_calls(llm, family) - before))
+    return results
+
+
+def image_offsets(token_ids, family) -> list[int]:
+    """Start of each image's placeholder run."""
+    tokenizer_ids = list(token_ids)
+    image = image_token_id(family)
+    return [i for i, t in enumerate(tokenizer_ids) if t == image and (i == 0 or tokenizer_ids[i - 1] != image)]
+
+
+def image_token_id(family) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(fixture_path(family)).convert_tokens_to_ids(FAMILIES[family].image_token)
+
+
+def sequence(out) -> list[int]:
+    return list(out.prompt_token_ids) + list(out.outputs[0].token_ids)
+
+
+def same_output(a, b, steps=3) -> float:
+    assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
+    assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+    diff = harness.logprobs_max_diff(a, b, steps)
+    assert diff <= EXACT_ATOL, diff
+    return diff
+
+
+def three_turns(family):
+    """One image in turn 1; Qwen2.5-VL also gets a second image in turn 2."""
+    second = [fresh_image((640, 480))] if family == "qwen2.5-vl" else []
+    return [(QUESTIONS[0], [fresh_image()]), (QUESTIONS[1], second), (QUESTIONS[2], [])]
+
+
+# --------------------------------------------------------------------------- chat
+def test_later_turns_reuse_the_prefix_cache_and_never_re_encode(engines):
+    family = engines.family
+    llm = engines.get("cached")
+    block = llm.llm_engine.vllm_config.cache_config.block_size
+    report = []
+    for label, knobs in (("stock (keep_rate 1)", {}), (f"keep_rate {KEEP}", {"keep_rate": KEEP})):
+        # this conversation's own turns only: the other one's images share placeholder
+        # token ids but not identities, which vLLM's block hashes include
+        history: list[list[int]] = []
+        turns = three_turns(family)
+        results = run_conversation(llm, family, turns, **knobs)
+        for k, (out, selections, encoder_runs) in enumerate(results):
+            prompt = list(out.prompt_token_ids)
+            expected = harness.expected_cached_tokens(prompt, history, block)
+            assert out.num_cached_tokens == expected, (label, k)
+            if k:
+                # every full block of the earlier turn's prompt comes from the cache ...
+                previous = list(results[k - 1][0].prompt_token_ids)
+                assert out.num_cached_tokens >= len(previous) // block * block > 0
+                # ... so the vision encoder runs for this turn's new images only
+                assert encoder_runs == len(turns[k][1])
+                if knobs:
+                    assert len(selections) == len(turns[k][1])
+            history.append(sequence(out))
+        report.append(f"{label}: cached {[r[0].num_cached_tokens for r in results]} of {[len(r[0].prompt_token_ids) for r in results]}")
+    print(f"\n[{family}] 3-turn chat, prefix-cached tokens per turn: " + "; ".join(report))
+
+
+def test_last_turn_re_selects_for_the_newest_question_without_re_encoding(engines):
+    family = engines.family
+    turns = [(QUESTIONS[0], [fresh_image()]), (QUESTIONS[1], []), (QUESTIONS[2], [])]
+    llm = engines.get("cached")
+    block = llm.llm_engine.vllm_config.cache_config.block_size
+    tokenizer = llm.get_tokenizer()
+    results = run_conversation(llm, family, turns, keep_rate=KEEP, query_scope="last_turn")
+    for k, (out, selections, encoder_runs) in enumerate(results):
+        (selection,) = selections  # the turn-1 image, selected again at every turn
+        assert list(selection.query_ids) == tokenizer.encode(turns[k][0], add_special_tokens=False)
+        assert encoder_runs == (1 if k == 0 else 0)  # the encoder-output cache serves it
+        if k:
+            # the image's identity changed with the question: only blocks before it are cached
+            (offset,) = image_offsets(out.prompt_token_ids, family)
+            assert out.num_cached_tokens == offset // block * block
+            assert out.num_cached_tokens < len(results[k - 1][0].prompt_token_ids) // block * block
+    kept = [r[1][0].kept for r in results]
+    assert len(set(kept)) > 1  # the newest question moved the selection
+
+    reference = run_conversation(engines.get("uncached"), family, turns, keep_rate=KEEP, query_scope="last_turn")
+    for (out, selections, _), (ref, ref_selections, _) in zip(results, reference):
+        assert [s.kept for s in selections] == [s.kept for s in ref_selections]
+        same_output(out, ref)
+
+
+def test_same_image_many_questions_encodes_once(engines):
+    family = engines.family
+    image = fresh_image()
+    n, keep = visual_tokens(family, *SIZE), num_kept(visual_tokens(family, *SIZE), KEEP)
+    llm = engines.get("cached")
+    tokenizer = llm.get_tokenizer()
+    keys_before = set(llm.apply_model(lambda m: list(m._zspa_cache._entries))[0])
+    runs_before = vision_tower_calls(llm, family)
+    outs, kept_sets = [], []
+    for question in QUESTIONS:
+        outs.append(chat(llm, [user(question, image)], keep_rate=KEEP))
+        (selection,) = observe.RECENT
+        assert selection.num_visual == n and len(selection.kept) == keep
+        kept_sets.append(selection.kept)
+    assert vision_tower_calls(llm, family) - runs_before == 1
+    (key,) = set(llm.apply_model(lambda m: list(m._zspa_cache._entries))[0]) - keys_before
+
+    def expected(model):
+        cached = model._zspa_cache._entries[key]
+        embed = model.get_language_model().embed_input_ids
+        with torch.no_grad():
+            return [
+                tuple(select_tokens(cached, embed(torch.tensor(tokenizer.encode(q, add_special_tokens=False))), keep, 0.2).tolist())
+                for q in QUESTIONS
+            ]
+
+    assert kept_sets == llm.apply_model(expected)[0]
+    assert len(set(kept_sets)) > 1
+
+    llm = engines.get("uncached")
+    runs_before = vision_tower_calls(llm, family)
+    diffs, spread = [], 0.0
+    for question, out, kept in zip(QUESTIONS, outs, kept_sets):
+        ref = chat(llm, [user(question, image)], keep_rate=KEEP)
+        assert observe.RECENT[-1].kept == kept
+        diffs.append(same_output(out, ref))
+        spread = max(spread, harness.logprobs_max_diff(outs[0], ref, 1) if question != QUESTIONS[0] else 0.0)
+    assert vision_tower_calls(llm, family) - runs_before == len(QUESTIONS)  # no cache here
+    assert spread > DIFF_MIN  # the comparison sees the question
+    print(f"\n[{family}] 8 questions, one image: 1 encoder run (uncached: 8); {len(set(kept_sets))} distinct "
+          f"kept sets; max |dlogprob| vs uncached {max(diffs):.1e}, across questions {spread:.1e}")
+
+
+# --------------------------------------------------------------------------- embeddings
+def test_precomputed_embeddings_are_selected_like_pixels(engines):
+    """--enable-mm-embeds: the placeholder run is shortened for embeddings too, so the
+    model must select on them (not hand over all n rows for vLLM to cut at l)."""
+    family = engines.family
+    llm = engines.get("uncached")
+    image = fresh_image((640, 480))
+    prompt = FAMILIES[family].prompt_format.format(q=QUESTIONS[3])
+
+    def generate(data, **knobs):
+        observe.clear()
+        request = {"prompt": prompt, "multi_modal_data": {"image": data}, "mm_processor_kwargs": knobs}
+        return llm.generate(request, sampling(3), use_tqdm=False)[0], list(observe.RECENT)
+
+    pixels, pixel_selections = generate(image, keep_rate=KEEP)
+    embeds = embeddings_of(llm, family, image)
+    given, given_selections = generate(embeds, keep_rate=KEEP)
+    assert [s.kept for s in given_selections] == [s.kept for s in pixel_selections]
+    assert len(given_selections[0].kept) == num_kept(given_selections[0].num_visual, KEEP)
+    same_output(given, pixels)
+    # sensitivity: the same embeddings unpruned make a longer prompt and other logprobs
+    unpruned, none = generate(embeds)
+    assert not none and len(unpruned.prompt_token_ids) > len(given.prompt_token_ids)
+
+
+def embeddings_of(llm, family, image):
+    """What vLLM's own vision encoder + projector make of ``image``, in the form the
+    family's image-embeddings input takes."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(fixture_path(family))
+    kwargs = dict(do_rescale=False, do_normalize=False) if family == "qwen2.5-vl" else {}
+    inputs = processor.image_processor(images=[image], return_tensors="pt", **kwargs)
+
+    def encode(model):
+        parent = type(model).__mro__[2]  # vLLM's class, behind the plugin's mixin
+        with torch.no_grad():
+            if family == "qwen2.5-vl":
+                out = parent.embed_multimodal(
+                    model, pixel_values=inputs["pixel_values"].to(torch.uint8), image_grid_thw=inputs["image_grid_thw"]
+                )
+            elif family == "llava-next":
+                out = parent.embed_multimodal(model, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+            else:
+                out = parent.embed_multimodal(model, pixel_values=inputs["pixel_values"])
+        return out[0].clone()
+
+    visual = llm.apply_model(encode)[0]
+    if family == "qwen2.5-vl":
+        return {"image_embeds": visual, "image_grid_thw": inputs["image_grid_thw"]}
+    return visual[None]
