@@ -1,9 +1,11 @@
 """Chat workloads of the serving benchmark (``serve_bench.py --workload chat``).
 
-- **Multi-turn**: conversations of TURNS turns, the image in turn 1, text follow-ups,
-  each turn sent after the previous answer arrived; TTFT of each turn.
+- **Multi-turn**: conversations of TURNS turns, the image in turn 1, text follow-ups;
+  CONCURRENCY conversations in lockstep (turn k sent to all of them at once, after every
+  answer of turn k-1), so each turn's TTFT measures that turn's work only.
 - **Same image, many questions**: each image asked QUESTIONS questions in separate
-  requests, one after another; TTFT of the first and of the later questions.
+  requests, question q about CONCURRENCY images at once after all answers to q-1; TTFT
+  of the first and of the later questions.
 
 Settings, side by side on one engine configuration: stock vLLM; zspa-serve at one keep
 rate with the default ``image_turn`` query and with ``last_turn``; and the previous
@@ -62,9 +64,10 @@ def rows(keep_rate: float) -> tuple[list, list]:
 
 
 # --------------------------------------------------------------------------- requests
-async def _turn(client, model, messages, knobs, max_tokens) -> dict:
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True, **knobs}
+async def stream_chat(client, body: dict) -> tuple[float, dict, list[int] | None, str]:
+    """POST a streamed chat completion: (seconds to the first token, usage, the prompt's
+    token ids if asked for with return_token_ids, the answer's text)."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     start, ttft, usage, prompt_ids, text = time.perf_counter(), None, None, None, []
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
@@ -79,9 +82,16 @@ async def _turn(client, model, messages, knobs, max_tokens) -> dict:
                     ttft = time.perf_counter() - start
                 text.append((choice.get("delta") or {}).get("content") or "")
             usage = chunk.get("usage") or usage
+    return ttft, usage, prompt_ids, "".join(text)
+
+
+async def _turn(client, model, messages, knobs, max_tokens) -> dict:
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True, **knobs}
+    ttft, usage, prompt_ids, answer = await stream_chat(client, body)
     details = usage.get("prompt_tokens_details") or {}
     return {"ttft_ms": 1000 * ttft, "prompt_tokens": usage["prompt_tokens"], "cached_tokens": details.get("cached_tokens") or 0,
-            "prompt_ids": prompt_ids, "answer": "".join(text)}
+            "prompt_ids": prompt_ids, "answer": answer}
 
 
 def _user(image_url: str | None, text: str) -> dict:
@@ -89,26 +99,35 @@ def _user(image_url: str | None, text: str) -> dict:
     return {"role": "user", "content": [*image, {"type": "text", "text": text}]}
 
 
-async def _conversation(client, model, image_url, knobs, turns, max_tokens, image_token) -> list[dict]:
-    messages, results = [_user(image_url, QUESTIONS[0])], []
+async def _conversations(client, model, image_urls, knobs, turns, max_tokens, image_token) -> list[list[dict]]:
+    """Conversations in lockstep: turn k is sent to all of them at once, after every
+    answer of turn k-1 arrived, so a turn's TTFT measures that turn's work only."""
+    histories = [[_user(url, QUESTIONS[0])] for url in image_urls]
+    results: list[list[dict]] = [[] for _ in image_urls]
     for k in range(turns):
         if k:
-            messages += [{"role": "assistant", "content": results[-1]["answer"]}, _user(None, QUESTIONS[k])]
-        results.append(await _turn(client, model, messages, knobs, max_tokens))
-    ids = results[0]["prompt_ids"]
-    image_end = max(i for i, t in enumerate(ids) if t == image_token) + 1
-    for turn in results:
-        turn["image_prefix_cached"] = turn["cached_tokens"] >= image_end  # every image token's KV reused
-        del turn["prompt_ids"], turn["answer"]
+            for history, done in zip(histories, results):
+                history += [{"role": "assistant", "content": done[-1]["answer"]}, _user(None, QUESTIONS[k])]
+        answers = await asyncio.gather(*(_turn(client, model, h, knobs, max_tokens) for h in histories))
+        for done, answer in zip(results, answers):
+            done.append(answer)
+    for turns_of_one in results:
+        ids = turns_of_one[0]["prompt_ids"]
+        image_end = max(i for i, t in enumerate(ids) if t == image_token) + 1
+        for turn in turns_of_one:
+            turn["image_prefix_cached"] = turn["cached_tokens"] >= image_end  # every image token's KV reused
+            del turn["prompt_ids"], turn["answer"]
     return results
 
 
-async def _questions(client, model, image_url, knobs, count, max_tokens) -> list[dict]:
-    results = []
+async def _questions(client, model, image_urls, knobs, count, max_tokens) -> list[list[dict]]:
+    """Question q about every image at once, after all answers to question q-1."""
+    results: list[list[dict]] = [[] for _ in image_urls]
     for question in QUESTIONS[:count]:
-        turn = await _turn(client, model, [_user(image_url, question)], knobs, max_tokens)
-        del turn["prompt_ids"], turn["answer"]
-        results.append(turn)
+        answers = await asyncio.gather(*(_turn(client, model, [_user(url, question)], knobs, max_tokens) for url in image_urls))
+        for done, answer in zip(results, answers):
+            del answer["prompt_ids"], answer["answer"]
+            done.append(answer)
     return results
 
 
@@ -138,23 +157,21 @@ class EncoderWork:
         self.runs = self.scheduled if after[1] is None else after[1] - self._before[1]
 
 
-async def _run_all(base_url, items, concurrency, one):
-    limit = asyncio.Semaphore(concurrency)
+async def _in_waves(base_url, image_urls, concurrency, wave) -> list:
+    """``wave(client, urls)`` over consecutive groups of ``concurrency`` images."""
     async with httpx.AsyncClient(base_url=base_url, timeout=3600) as client:
-
-        async def bounded(item):
-            async with limit:
-                return await one(client, item)
-
-        return await asyncio.gather(*(bounded(item) for item in items))
+        results = []
+        for start in range(0, len(image_urls), concurrency):
+            results += await wave(client, image_urls[start : start + concurrency])
+        return results
 
 
 def run_chat(server, model, image_urls, knobs, turns, concurrency, max_tokens, image_token) -> dict:
-    async def one(client, url):
-        return await _conversation(client, model, url, knobs, turns, max_tokens, image_token)
+    async def wave(client, urls):
+        return await _conversations(client, model, urls, knobs, turns, max_tokens, image_token)
 
     with EncoderWork(server.base_url, server.log_path) as work:
-        conversations = asyncio.run(_run_all(server.base_url, image_urls, concurrency, one))
+        conversations = asyncio.run(_in_waves(server.base_url, image_urls, concurrency, wave))
     per_turn = list(zip(*conversations))
     return {
         "ttft_ms_by_turn": [statistics.median(t["ttft_ms"] for t in turn) for turn in per_turn],
@@ -167,11 +184,11 @@ def run_chat(server, model, image_urls, knobs, turns, concurrency, max_tokens, i
 
 
 def run_questions(server, model, image_urls, knobs, count, concurrency, max_tokens) -> dict:
-    async def one(client, url):
-        return await _questions(client, model, url, knobs, count, max_tokens)
+    async def wave(client, urls):
+        return await _questions(client, model, urls, knobs, count, max_tokens)
 
     with EncoderWork(server.base_url, server.log_path) as work:
-        images = asyncio.run(_run_all(server.base_url, image_urls, concurrency, one))
+        images = asyncio.run(_in_waves(server.base_url, image_urls, concurrency, wave))
     first = [questions[0] for questions in images]
     later = [q for questions in images for q in questions[1:]]
     return {

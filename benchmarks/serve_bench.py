@@ -83,21 +83,10 @@ def build_model(family: str, hidden: int, layers: int, out: Path) -> Path:
 
 # --------------------------------------------------------------------------- one run
 async def _one(client, model, seed, knobs, size, max_tokens):
-    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True},
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url(seed, size)}},
                                                       {"type": "text", "text": QUESTION}]}], **knobs}
-    start, ttft, usage = time.perf_counter(), None, None
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices"):
-                ttft = time.perf_counter() - start
-            usage = chunk.get("usage") or usage
+    ttft, usage, _, _ = await chat_workloads.stream_chat(client, body)
     return ttft, usage
 
 
@@ -201,7 +190,7 @@ def bench_family_chat(family: str, args, workdir: Path) -> tuple[list[dict], lis
     config = json.loads((Path(model_path) / "config.json").read_text())
     image_token = config.get("image_token_index", config.get("image_token_id"))
     engine = ["--dtype", args.dtype, "--max-model-len", "8192", "--max-num-seqs", str(args.concurrency),
-              "--enforce-eager", *chat_workloads.SERVER_ARGS, *args.engine_args.split()]
+              "--enforce-eager", *chat_workloads.SERVER_ARGS, "--block-size", str(args.block_size), *args.engine_args.split()]
     name = f"{family}-bench"
     chat_rows, question_rows = chat_workloads.rows(args.chat_keep_rate)
     servers = {}
@@ -250,10 +239,10 @@ def main_chat(args) -> int:
         for family in args.families.split(","):
             c, q = bench_family_chat(family, args, Path(tmp))
             chat, questions = chat + c, questions + q
-    meta = _meta(args, f"multi-turn: {args.conversations} conversations of {args.turns} turns at concurrency {args.concurrency}, "
-                       f"a new {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image in turn 1, text follow-ups; same image: {args.images} images "
-                       f"x {args.questions} questions one after another (images at concurrency {args.concurrency}); "
-                       f"keep_rate {args.chat_keep_rate:g}, {args.max_tokens} output tokens")
+    meta = _meta(args, f"multi-turn: {args.conversations} conversations of {args.turns} turns, {args.concurrency} at a time in "
+                       f"lockstep, a new {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image in turn 1, text follow-ups; same image: "
+                       f"{args.images} images x {args.questions} questions, {args.concurrency} images at a time in lockstep; "
+                       f"keep_rate {args.chat_keep_rate:g}, {args.max_tokens} output tokens, KV block size {args.block_size}")
     args.out.mkdir(parents=True, exist_ok=True)
     table = chat_workloads.markdown(chat, questions, meta)
     stem = f"{args.name}_chat"
@@ -345,6 +334,9 @@ def main() -> int:
     p.add_argument("--turns", type=int, default=4, help="chat: turns per conversation (the image in turn 1)")
     p.add_argument("--images", type=int, default=4, help="chat: images per run of the same-image workload")
     p.add_argument("--questions", type=int, default=8, help="chat: questions per image (at most 8)")
+    p.add_argument("--block-size", type=int, default=32,
+                   help="chat: KV block size. Only full blocks are reused from the prefix cache; 32 is the CPU "
+                        "backend's smallest (its default is 128), close to the 16 GPUs use")
     args = p.parse_args()
     if args.workload == "chat":
         return main_chat(args)

@@ -6,12 +6,13 @@ One folder per architecture family, each loadable by vLLM 0.32 (CPU) and transfo
   llava-1.5/    LlavaForConditionalGeneration      (CLIP 336/14 -> 576 image tokens)
   llava-next/   LlavaNextForConditionalGeneration  (CLIP 336/14, anyres tiling, Mistral LM)
   qwen2.5-vl/   Qwen2_5_VLForConditionalGeneration (patch 14, merge 2, window attention, M-RoPE)
+  qwen2-vl/     Qwen2VLForConditionalGeneration    (patch 14, merge 2, full attention, M-RoPE)
 
 The geometry (image size, patch size, grid pinpoints, merge size, feature layer ...) is
 that of the real checkpoints; only the widths and depths are tiny. Weights are random,
 initialised by the transformers model's own ``__init__`` under a fixed torch seed, and
 written with the tensor names of the real hub checkpoints (llava-hf/llava-1.5-7b-hf,
-llava-hf/llava-v1.6-mistral-7b-hf, Qwen/Qwen2.5-VL-7B-Instruct). These are NOT real
+llava-hf/llava-v1.6-mistral-7b-hf, Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen2-VL-7B-Instruct). These are NOT real
 models: their outputs are meaningless, but they depend on the image and the text.
 
 The tokenizers are byte-level BPE models trained here on the fixed corpus below (so any
@@ -264,7 +265,7 @@ def _llava_rename(name: str) -> str:
 
 
 def _qwen_rename(name: str) -> str:
-    # Qwen/Qwen2.5-VL-7B-Instruct: model.* (LLM), lm_head.*, visual.*
+    # Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct: model.* (LLM), lm_head.*, visual.*
     for old, new in (
         ("model.language_model.", "model."),
         ("model.visual.", "visual."),
@@ -272,7 +273,7 @@ def _qwen_rename(name: str) -> str:
     ):
         if name.startswith(old):
             return new + name[len(old) :]
-    raise KeyError(f"unexpected Qwen2.5-VL tensor name {name!r}")
+    raise KeyError(f"unexpected Qwen-VL tensor name {name!r}")
 
 
 # --------------------------------------------------------------------------- families
@@ -416,22 +417,13 @@ def build_llava_next(out: Path) -> dict:
     )
 
 
-def build_qwen25vl(out: Path) -> dict:
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    tokenizer = make_qwen_tokenizer(QWEN25VL_CHAT_TEMPLATE)
-    ids = _ids(tokenizer, QWEN_ADDED)
+def _qwen_text_config(tokenizer, ids) -> dict:
+    """The Qwen2 LLM of every Qwen-VL fixture, with M-RoPE."""
     head_dim = LLM["head_dim"]
     # Real 7B: head_dim 128, mrope_section [16, 24, 24] (sum 64 = head_dim / 2).
     mrope_section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
     assert sum(mrope_section) == head_dim // 2
-    text_config = dict(
+    return dict(
         vocab_size=len(tokenizer),
         hidden_act="silu",
         rms_norm_eps=1e-6,
@@ -449,6 +441,60 @@ def build_qwen25vl(out: Path) -> dict:
         tie_word_embeddings=False,
         **LLM,
     )
+
+
+def _qwen_token_config(ids) -> dict:
+    return dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def _qwen_processor(processor_cls, tokenizer):
+    """The real Qwen2-VL image and video processors (CLIP normalisation), pixel bounds
+    QWEN_MIN_PIXELS / QWEN_MAX_PIXELS."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    geometry = dict(
+        min_pixels=QWEN_MIN_PIXELS,
+        max_pixels=QWEN_MAX_PIXELS,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return processor_cls(
+        image_processor=Qwen2VLImageProcessor(**geometry),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**geometry),
+        chat_template=QWEN25VL_CHAT_TEMPLATE,
+    )
+
+
+def _qwen_notes(text_config: dict, vision: str, template: str) -> list[str]:
+    return [
+        vision,
+        f"min_pixels {QWEN_MIN_PIXELS} (real); max_pixels {QWEN_MAX_PIXELS} (2048 tokens;"
+        " the real 12845056 would make vLLM's start-up profile encode a huge dummy image).",
+        f"LLM: hidden 128, 2 layers, 2 heads x 64, 1 KV head, M-RoPE section"
+        f" {text_config['rope_parameters']['mrope_section']}.",
+        f"Chat: {template} template, default system prompt 'You are a helpful assistant.'",
+    ]
+
+
+def build_qwen25vl(out: Path) -> dict:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    tokenizer = make_qwen_tokenizer(QWEN25VL_CHAT_TEMPLATE)
+    ids = _ids(tokenizer, QWEN_ADDED)
+    text_config = _qwen_text_config(tokenizer, ids)
     vision_config = dict(
         depth=2,
         hidden_size=64,
@@ -464,57 +510,46 @@ def build_qwen25vl(out: Path) -> dict:
         out_hidden_size=LLM["hidden_size"],
         tokens_per_second=2,
     )
-    config = Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
-    )
+    config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **_qwen_token_config(ids))
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
-    mean = [0.48145466, 0.4578275, 0.40821073]
-    std = [0.26862954, 0.26130258, 0.27577711]
-    image_processor = Qwen2VLImageProcessor(
-        min_pixels=QWEN_MIN_PIXELS,
-        max_pixels=QWEN_MAX_PIXELS,
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-        image_mean=mean,
-        image_std=std,
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        min_pixels=QWEN_MIN_PIXELS,
-        max_pixels=QWEN_MAX_PIXELS,
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-        image_mean=mean,
-        image_std=std,
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=QWEN25VL_CHAT_TEMPLATE,
-    )
-    notes = [
+    notes = _qwen_notes(
+        text_config,
         "ViT patch 14, temporal patch 2, spatial merge 2 (one token per 28x28 pixels),"
         " window 112 with full attention in block 1 (hidden 64, 2 blocks).",
-        f"min_pixels {QWEN_MIN_PIXELS} (real); max_pixels {QWEN_MAX_PIXELS} (2048 tokens;"
-        " the real 12845056 would make vLLM's start-up profile encode a huge dummy image).",
-        f"LLM: hidden 128, 2 layers, 2 heads x 64, 1 KV head, M-RoPE section {mrope_section}.",
-        "Chat: Qwen2.5-VL-Instruct template, default system prompt 'You are a helpful"
-        " assistant.'",
-    ]
-    return _write(
-        out, Qwen2_5_VLForConditionalGeneration, config, processor, _qwen_rename, ids, notes
+        "Qwen2.5-VL-Instruct",
     )
+    processor = _qwen_processor(Qwen2_5_VLProcessor, tokenizer)
+    return _write(out, Qwen2_5_VLForConditionalGeneration, config, processor, _qwen_rename, ids, notes)
+
+
+def build_qwen2vl(out: Path) -> dict:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    tokenizer = make_qwen_tokenizer(QWEN25VL_CHAT_TEMPLATE)  # Qwen2-VL-Instruct's is the same
+    ids = _ids(tokenizer, QWEN_ADDED)
+    text_config = _qwen_text_config(tokenizer, ids)
+    vision_config = dict(
+        depth=2,
+        embed_dim=64,  # the ViT width (real 1280)
+        hidden_size=LLM["hidden_size"],  # the merger's output: the LLM width
+        mlp_ratio=2,
+        num_heads=1,  # head_dim 64
+        in_channels=3,
+        hidden_act="quick_gelu",
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **_qwen_token_config(ids))
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    notes = _qwen_notes(
+        text_config,
+        "ViT patch 14, temporal patch 2, spatial merge 2 (one token per 28x28 pixels),"
+        " full attention in every block, 2D rotary (embed_dim 64, 2 blocks).",
+        "Qwen2-VL-Instruct (the same as Qwen2.5-VL's)",
+    )
+    processor = _qwen_processor(Qwen2VLProcessor, tokenizer)
+    return _write(out, Qwen2VLForConditionalGeneration, config, processor, _qwen_rename, ids, notes)
 
 
 # --------------------------------------------------------------------------- writing
@@ -572,6 +607,7 @@ BUILDERS = {
     "llava-1.5": build_llava15,
     "llava-next": build_llava_next,
     "qwen2.5-vl": build_qwen25vl,
+    "qwen2-vl": build_qwen2vl,
 }
 
 

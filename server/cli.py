@@ -11,12 +11,16 @@ outputs. Without a model (or with ``--demo``) it serves the built-in tiny demo m
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from importlib.metadata import entry_points
 
+from zspa_vllm.encoder_cache import STATS_DIR_ENV
 from zspa_vllm.params import (
     CORE_RATIO,
     DEFAULT_ENCODER_CACHE_MIB,
@@ -139,10 +143,19 @@ def run_vllm_serve(vllm_argv: list[str]) -> None:
     command.cmd(args)
 
 
+def own_stats_dir() -> None:
+    """A fresh folder for this server's worker counters (zspa_vllm.encoder_cache): one
+    inherited from the environment may be another server's."""
+    directory = tempfile.mkdtemp(prefix="zspa-stats-")
+    os.environ[STATS_DIR_ENV] = directory
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     vllm_argv = build_vllm_argv(argv)
     enable_plugins()
+    own_stats_dir()
     run_vllm_serve(vllm_argv)
 
 

@@ -12,6 +12,7 @@ MODEL_OVERRIDES = {
     "LlavaForConditionalGeneration": "zspa_vllm.models.llava:ZspaLlavaForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "zspa_vllm.models.qwen2_5_vl:ZspaQwen2_5_VLForConditionalGeneration",
     "LlavaNextForConditionalGeneration": "zspa_vllm.models.llava_next:ZspaLlavaNextForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration": "zspa_vllm.models.qwen2_vl:ZspaQwen2VLForConditionalGeneration",
 }
 
 _registered = False

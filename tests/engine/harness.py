@@ -52,6 +52,12 @@ class Family:
     prompt_format: str  # the templated prompt for one image + question, {q} = question
 
 
+QWEN_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -67,16 +73,11 @@ FAMILIES: dict[str, Family] = {
             "<image>",
             "[INST] <image>\n{q} [/INST]",
         ),
-        Family(
-            "qwen2.5-vl",
-            "Qwen2_5_VLForConditionalGeneration",
-            "<|image_pad|>",
-            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-            "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n"
-            "<|im_start|>assistant\n",
-        ),
+        Family("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", "<|image_pad|>", QWEN_PROMPT),
+        Family("qwen2-vl", "Qwen2VLForConditionalGeneration", "<|image_pad|>", QWEN_PROMPT),
     )
 }
+QWEN_FAMILIES = [name for name in FAMILIES if name.startswith("qwen")]  # M-RoPE, flat pixel layout
 
 
 def fixture_path(family: str) -> Path:
@@ -138,6 +139,11 @@ def start_engine(family: str, **overrides: Any):
 def model_class_of(llm) -> type:
     """The class of the model the (in-process) engine actually runs."""
     return llm.apply_model(lambda model: type(model))[0]
+
+
+def vllm_class_of(model) -> type:
+    """vLLM's own class behind the plugin's override (to call its unpruned methods)."""
+    return next(cls for cls in type(model).__mro__ if cls.__module__.startswith("vllm."))
 
 
 # --------------------------------------------------------------------------- requests
@@ -268,7 +274,7 @@ def visual_tokens(family: str, width: int, height: int) -> int:
         return side * side  # CLS dropped by vision_feature_select_strategy "default"
     if family == "llava-next":
         return _llava_next_count(width, height, cfg)
-    if family == "qwen2.5-vl":
+    if family in QWEN_FAMILIES:
         ip = json.loads((path / "processor_config.json").read_text())["image_processor"]
         factor = ip["patch_size"] * ip["merge_size"]
         h, w = qwen_smart_resize(
@@ -279,7 +285,7 @@ def visual_tokens(family: str, width: int, height: int) -> int:
 
 
 # --------------------------------------------------------------------------- vision tower
-VISION_TOWER = {"llava-1.5": "vision_tower", "llava-next": "vision_tower", "qwen2.5-vl": "visual"}
+VISION_TOWER = {"llava-1.5": "vision_tower", "llava-next": "vision_tower", "qwen2.5-vl": "visual", "qwen2-vl": "visual"}
 
 
 def vision_tower_calls(llm, family: str) -> int:

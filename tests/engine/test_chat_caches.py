@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.engine import harness
-from tests.engine.harness import FAMILIES, fixture_path, model_class_of, sampling, vision_tower_calls, visual_tokens
+from tests.engine.harness import FAMILIES, QWEN_FAMILIES, fixture_path, model_class_of, sampling, vision_tower_calls, visual_tokens
 from tests.fixtures.images import make_image
 from zspa_vllm import observe
 from zspa_vllm.params import ENCODER_CACHE_MIB_ENV
@@ -54,7 +54,7 @@ class Engines:
 
     def get(self, name: str):
         if self.name != name:
-            video = 1 if self.family == "qwen2.5-vl" else 0
+            video = 1 if self.family in QWEN_FAMILIES else 0
             if name == "cached":
                 os.environ.pop(ENCODER_CACHE_MIB_ENV, None)  # the default size
                 kwargs = dict(enable_prefix_caching=True, limit_mm_per_prompt={"image": 2, "video": video})
@@ -131,8 +131,8 @@ def same_output(a, b, steps=3) -> float:
 
 
 def three_turns(family):
-    """One image in turn 1; Qwen2.5-VL also gets a second image in turn 2."""
-    second = [fresh_image((640, 480))] if family == "qwen2.5-vl" else []
+    """One image in turn 1; the Qwen families also get a second image in turn 2."""
+    second = [fresh_image((640, 480))] if family in QWEN_FAMILIES else []
     return [(QUESTIONS[0], [fresh_image()]), (QUESTIONS[1], second), (QUESTIONS[2], [])]
 
 
@@ -264,13 +264,13 @@ def embeddings_of(llm, family, image):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(fixture_path(family))
-    kwargs = dict(do_rescale=False, do_normalize=False) if family == "qwen2.5-vl" else {}
+    kwargs = dict(do_rescale=False, do_normalize=False) if family in QWEN_FAMILIES else {}
     inputs = processor.image_processor(images=[image], return_tensors="pt", **kwargs)
 
     def encode(model):
-        parent = type(model).__mro__[2]  # vLLM's class, behind the plugin's mixin
+        parent = harness.vllm_class_of(model)
         with torch.no_grad():
-            if family == "qwen2.5-vl":
+            if family in QWEN_FAMILIES:
                 out = parent.embed_multimodal(
                     model, pixel_values=inputs["pixel_values"].to(torch.uint8), image_grid_thw=inputs["image_grid_thw"]
                 )
@@ -281,6 +281,6 @@ def embeddings_of(llm, family, image):
         return out[0].clone()
 
     visual = llm.apply_model(encode)[0]
-    if family == "qwen2.5-vl":
+    if family in QWEN_FAMILIES:
         return {"image_embeds": visual, "image_grid_thw": inputs["image_grid_thw"]}
     return visual[None]

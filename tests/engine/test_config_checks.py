@@ -24,6 +24,7 @@ CASES = {
     "llava pp=2": ("llava-1.5", {"pipeline_parallel_size": 2}),  # 1-D RoPE: nothing to fix up
     "qwen tp=2": ("qwen2.5-vl", {"tensor_parallel_size": 2}),
     "qwen plain": ("qwen2.5-vl", {}),
+    "qwen2 pp=2": ("qwen2-vl", {"pipeline_parallel_size": 2}),
 }
 
 CHILD = """
@@ -56,6 +57,7 @@ def test_settings_that_would_misplace_pruned_tokens_are_refused_at_start_up():
     refused = build_configs(None)  # every installed plugin: zspa included
     assert "zspa-vllm cannot serve Qwen2_5_VLForConditionalGeneration with pipeline_parallel_size=2" in refused["qwen pp=2"]
     assert "use tensor parallelism instead" in refused["qwen pp=2"]
+    assert "zspa-vllm cannot serve Qwen2VLForConditionalGeneration with pipeline_parallel_size=2" in refused["qwen2 pp=2"]
     assert "video_pruning_rate=0.5" in refused["qwen evs"]
     assert "zspa-vllm cannot serve LlavaForConditionalGeneration with enable_tower_connector_lora" in refused["llava tower lora"]
     for accepted in ("llava pp=2", "qwen tp=2", "qwen plain"):

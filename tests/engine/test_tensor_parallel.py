@@ -16,16 +16,25 @@ import pytest
 
 from tests.engine.harness import fixture_path, visual_tokens
 from tests.engine.stock_reference import child_outputs
+from zspa_vllm.encoder_cache import read_stats
 from zspa_vllm.prune import num_kept
 
 pytestmark = pytest.mark.engine
 
 QUESTION = "What is shown in this picture?"
+OTHER_QUESTION = "How many red circles are there?"
 REQUESTS = [
     {"images": [(1024, 768, 31)], "question": QUESTION, "knobs": {"keep_rate": 0.25}},
     {"images": [(336, 336, 32), (500, 375, 33)], "question": QUESTION, "knobs": {"keep_rate": 0.1, "core_ratio": 0.4}},
+    {"images": [(640, 480, 34), (800, 600, 35)], "question": QUESTION, "knobs": {"keep_rate": 0.25}},
+    # earlier images, other questions: from the encoder-output cache unless evicted
+    {"images": [(1024, 768, 31)], "question": OTHER_QUESTION, "knobs": {"keep_rate": 0.25}},
+    {"images": [(800, 600, 35)], "question": OTHER_QUESTION, "knobs": {"keep_rate": 0.25}},
 ]
-VISION_HEADS_KEY = {"llava-1.5": "num_attention_heads", "llava-next": "num_attention_heads", "qwen2.5-vl": "num_heads"}
+# small enough that the images above evict one another (a fixture image is 0.07-1.2 MB;
+# LLaVA-NeXT's are the largest)
+CACHE_MIB = {"llava-next": "3"}
+VISION_HEADS_KEY = {"llava-1.5": "num_attention_heads", "llava-next": "num_attention_heads", "qwen2.5-vl": "num_heads", "qwen2-vl": "num_heads"}
 # one worker per CPU, no NUMA binding (this machine has one NUMA node; vLLM's automatic
 # binding wants one node per rank)
 TP_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
@@ -47,24 +56,25 @@ def two_head_copy(family: str, where) -> str:
 def run(family, model, tp: int, log_dir):
     log_dir.mkdir()
     backend = "mp" if tp > 1 else "uni"
+    stats_dir = log_dir / "stats"
     outputs = child_outputs(
         family,
         REQUESTS,
         plugin=True,
-        env={**TP_ENV, "ZSPA_SELECTION_LOG": str(log_dir)},
+        env={**TP_ENV, "ZSPA_SELECTION_LOG": str(log_dir), "ZSPA_STATS_DIR": str(stats_dir), "ZSPA_ENCODER_CACHE_MIB": CACHE_MIB.get(family, "1")},
         model=model,
         tensor_parallel_size=tp,
         distributed_executor_backend=backend,
     )
-    logs = {f.name: [json.loads(line) for line in f.read_text().splitlines()] for f in sorted(log_dir.iterdir())}
-    return outputs, logs
+    logs = {f.name: [json.loads(line) for line in f.read_text().splitlines()] for f in sorted(log_dir.glob("*.jsonl"))}
+    return outputs, logs, read_stats(stats_dir)
 
 
-@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "qwen2.5-vl"])
+@pytest.mark.parametrize("family", list(VISION_HEADS_KEY))
 def test_tp2_same_output_and_same_selection_on_every_rank(family, tmp_path):
     model = two_head_copy(family, tmp_path / "model")
-    one, logs_one = run(family, model, 1, tmp_path / "tp1")
-    two, logs_two = run(family, model, 2, tmp_path / "tp2")
+    one, logs_one, stats_one = run(family, model, 1, tmp_path / "tp1")
+    two, logs_two, stats_two = run(family, model, 2, tmp_path / "tp2")
 
     (selections,) = logs_one.values()  # the single-process engine selected in-process
     images = [(visual_tokens(family, w, h), r["knobs"]["keep_rate"]) for r in REQUESTS for w, h, _ in r["images"]]
@@ -72,6 +82,13 @@ def test_tp2_same_output_and_same_selection_on_every_rank(family, tmp_path):
     assert len(logs_two) == 2  # two ranks, each selected
     for rank_selections in logs_two.values():
         assert rank_selections == selections
+    # every rank's encoder-output cache saw the same calls and evicted alike, as TP=1's did
+    assert sorted(stats_two) == [("0", "0"), ("0", "1")]
+    assert stats_two["0", "0"] == stats_two["0", "1"] == stats_one["0", "0"]
+    stats = stats_one["0", "0"]
+    assert stats.hits + stats.misses == len(selections)
+    assert stats.hits + stats.evictions >= 1  # it was used (images over the budget are never stored)
+    print(f"\n[tp] {family}: encoder-output cache on each rank: {stats}")
 
     worst = 0.0
     for a, b in zip(one, two, strict=True):

@@ -12,10 +12,10 @@ from zspa_vllm.prune import num_kept
 
 pytestmark = pytest.mark.engine
 
-OURS = {"keep_rate", "core_ratio", "prune_method", "zspa"}
+OURS = {"keep_rate", "core_ratio", "prune_method", "query_scope", "zspa"}
 
 
-@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "qwen2.5-vl"])
+@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "qwen2.5-vl", "qwen2-vl"])
 def test_knobs_never_reach_the_hf_processor(family, zspa_engines, monkeypatch):
     from vllm.multimodal.processing.context import InputProcessingContext
 

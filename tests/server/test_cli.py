@@ -89,3 +89,13 @@ def test_plugins_are_enabled_next_to_the_users_choice(monkeypatch):
     monkeypatch.delenv("VLLM_PLUGINS")
     enable_plugins()
     assert {"zspa", "zspa_server"} <= set(os.environ["VLLM_PLUGINS"].split(","))
+
+
+def test_each_server_publishes_its_counters_in_a_folder_of_its_own(monkeypatch, tmp_path):
+    from server.cli import own_stats_dir
+
+    monkeypatch.setenv("ZSPA_STATS_DIR", str(tmp_path))  # e.g. inherited from another server
+    own_stats_dir()
+    import os
+
+    assert os.environ["ZSPA_STATS_DIR"] != str(tmp_path) and os.path.isdir(os.environ["ZSPA_STATS_DIR"])

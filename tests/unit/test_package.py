@@ -37,6 +37,7 @@ def test_register_is_reentrant_lazy_and_touches_only_our_architectures():
         "LlavaForConditionalGeneration",
         "LlavaNextForConditionalGeneration",
         "Qwen2_5_VLForConditionalGeneration",
+        "Qwen2VLForConditionalGeneration",
     }
     assert imported == []  # nothing of ours is imported until vLLM resolves the model
 

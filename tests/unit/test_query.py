@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 from tests.engine.harness import fixture_path
 from zspa_vllm.query import CHATML_USER_TURN, LLAVA_USER_TURN, MISTRAL_USER_TURN, query_text, query_token_ids
 
-FAMILIES = {"llava-1.5": LLAVA_USER_TURN, "llava-next": MISTRAL_USER_TURN, "qwen2.5-vl": CHATML_USER_TURN}
+FAMILIES = {"llava-1.5": LLAVA_USER_TURN, "llava-next": MISTRAL_USER_TURN, "qwen2.5-vl": CHATML_USER_TURN, "qwen2-vl": CHATML_USER_TURN}
 
 
 def _user(*parts):
@@ -59,17 +59,19 @@ def test_each_family_processor_uses_the_pattern_tested_here():
     from zspa_vllm.models.llava import ZspaLlavaMultiModalProcessor
     from zspa_vllm.models.llava_next import ZspaLlavaNextMultiModalProcessor
     from zspa_vllm.models.qwen2_5_vl import ZspaQwen2_5_VLMultiModalProcessor
+    from zspa_vllm.models.qwen2_vl import ZspaQwen2VLMultiModalProcessor
 
     processors = {
         "llava-1.5": ZspaLlavaMultiModalProcessor,
         "llava-next": ZspaLlavaNextMultiModalProcessor,
         "qwen2.5-vl": ZspaQwen2_5_VLMultiModalProcessor,
+        "qwen2-vl": ZspaQwen2VLMultiModalProcessor,
     }
     assert {family: cls.QUERY_PATTERN for family, cls in processors.items()} == FAMILIES
 
 
 # --------------------------------------------------------------------------- per image
-IMAGE_TOKENS = {"llava-1.5": "<image>", "llava-next": "<image>", "qwen2.5-vl": "<|image_pad|>"}
+IMAGE_TOKENS = {"llava-1.5": "<image>", "llava-next": "<image>", "qwen2.5-vl": "<|image_pad|>", "qwen2-vl": "<|image_pad|>"}
 
 # (messages, the query of each image under image_turn, under last_turn)
 CHATS = {

@@ -19,6 +19,17 @@ HOOKS = {
     "vllm.multimodal.processing.inputs:ProcessorInputs.get_mm_hashes": "(self, model_id: str, hash_algorithm: Literal['blake3', 'sha256', 'sha512']) -> collections.abc.Mapping[str, list[str]]",
     "vllm.multimodal.registry:MultiModalRegistry.register_processor": "(self, processor: vllm.multimodal.registry.MultiModalProcessorFactory[~_I], *, info: vllm.multimodal.registry.ProcessingInfoFactory[~_I], dummy_inputs: vllm.multimodal.registry.DummyInputsBuilderFactory[~_I])",
     "vllm.multimodal.inputs:MultiModalFieldConfig.batched": "(modality: str, *, keep_on_cpu: bool = False)",
+    # per-item identities, cache-missing items, fields for embeddings too (zspa_vllm/processor.py)
+    "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_mm_hashes": "(self, inputs: vllm.multimodal.processing.inputs.ProcessorInputs) -> collections.abc.Mapping[str, list[str]]",
+    "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_cache_missing_processor_kwargs": "(self, inputs: vllm.multimodal.processing.inputs.ProcessorInputs, mm_is_cached: dict[str, list[bool]]) -> collections.abc.Mapping[str, object]",
+    "vllm.multimodal.processing.processor:BaseMultiModalProcessor._postprocess_hf_mm_data": "(self, mm_inputs: collections.abc.Mapping[str, object], hf_processor_mm_kwargs: collections.abc.Mapping[str, object], processed_data: object) -> object",
+    "vllm.multimodal.hasher:MultiModalHasher.hash_kwargs": "(algorithm: Literal['blake3', 'sha256', 'sha512'], /, **kwargs: object) -> str",
+    "vllm.multimodal.inputs:PlaceholderRange.get_num_embeds": "(self) -> int",
+    # start-up refusals (zspa_vllm/config_checks.py)
+    "vllm.model_executor.models.config:VerifyAndUpdateConfig.verify_and_update_config": "(vllm_config: 'VllmConfig') -> None",
+    "vllm.model_executor.models.config:VerifyAndUpdateConfig.verify_and_update_model_config": "(model_config: 'ModelConfig') -> None",
+    # the encoder-output cache's rank (zspa_vllm/model.py)
+    "vllm.distributed.parallel_state:get_tensor_model_parallel_rank": "() -> int",
     # model side (zspa_vllm/model.py, zspa_vllm/models/llava.py)
     "vllm.model_executor.models.llava:LlavaForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
     "vllm.model_executor.models.llava:BaseLlavaMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, object], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
@@ -28,7 +39,14 @@ HOOKS = {
     "vllm.model_executor.models.llava_next:LlavaNextForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
     "vllm.model_executor.models.llava_next:LlavaNextProcessingInfo.get_num_image_tokens": "(self, *, image_width: int, image_height: int) -> int",
     "vllm.model_executor.models.llava_next:LlavaNextMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, object], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
-    # Qwen2.5-VL and its M-RoPE plumbing (zspa_vllm/models/qwen2_5_vl.py)
+    # Qwen2-VL (zspa_vllm/models/qwen2_vl.py, qwen.py, zspa_vllm/mrope.py)
+    "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
+    "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.get_mrope_input_positions": "(self, input_tokens: list[int], mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> tuple[torch.Tensor, int]",
+    "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.iter_mm_grid_thw": "(self, mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> collections.abc.Iterator[tuple[int, int, int, int, float]]",
+    "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.get_encoder_cudagraph_config": "(self)",
+    "vllm.model_executor.models.qwen2_vl:Qwen2VLProcessingInfo.get_hf_processor": "(self, **kwargs: object) -> transformers.models.qwen2_vl.processing_qwen2_vl.Qwen2VLProcessor",
+    "vllm.model_executor.models.qwen2_vl:Qwen2VLMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, typing.Any], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
+    # Qwen2.5-VL and its M-RoPE plumbing (zspa_vllm/models/qwen2_5_vl.py, qwen.py, zspa_vllm/mrope.py)
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions": "(self, input_tokens: list[int], mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> tuple[torch.Tensor, int]",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.iter_mm_grid_thw": "(self, mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> collections.abc.Iterator[tuple[int, int, int, int, float]]",
@@ -71,8 +89,9 @@ def test_dataclass_fields(path):
 
 
 def test_hash_factors_still_include_processor_kwargs():
-    """The per-question cache key rides on vLLM hashing processor kwargs into each
-    item's hash; if that stops, cached tokens could be served for another question."""
+    """vLLM hashes every flat processor kwarg into every item of a prompt: why the
+    processor computes item identities itself (only images carry their query; a video's
+    hash stays stock) instead of relying on a kwarg."""
     from vllm.multimodal.parse import MultiModalDataParser
     from vllm.multimodal.processing.inputs import ProcessorInputs
     from PIL import Image
@@ -86,7 +105,7 @@ def test_hash_factors_still_include_processor_kwargs():
 
 
 def test_runner_internals_the_mrope_hooks_rely_on():
-    """zspa_vllm.models.qwen2_5_vl._install_runner_hooks: the CPU runner must inherit the
+    """zspa_vllm.runner_hooks.install_runner_hooks: the CPU runner must inherit the
     GPU runner's _gather_mm_embeddings (which we wrap), and that method must still gate
     recompute_mrope_positions on is_multimodal_pruning_enabled."""
     from vllm.v1.worker import gpu_model_runner
@@ -98,6 +117,18 @@ def test_runner_internals_the_mrope_hooks_rely_on():
     source = inspect.getsource(inspect.unwrap(gpu_model_runner.GPUModelRunner._gather_mm_embeddings))
     assert "self.is_multimodal_pruning_enabled and self.uses_mrope" in source
     assert "self.model.recompute_mrope_positions(" in source
+
+
+def test_config_hooks_map_still_exists():
+    """zspa_vllm.config_checks puts its refusals into this per-architecture map, which
+    VllmConfig consults while it is built."""
+    import inspect as _inspect
+
+    from vllm.config.vllm import VllmConfig
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    assert isinstance(MODELS_CONFIG_MAP, dict)
+    assert "MODELS_CONFIG_MAP.get(architecture" in _inspect.getsource(VllmConfig.try_verify_and_update_config)
 
 
 def test_scheduler_config_still_has_the_encoder_budget():

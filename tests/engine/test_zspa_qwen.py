@@ -1,7 +1,8 @@
-"""Qwen2.5-VL with the zspa plugin on the real vLLM CPU engine (tiny random-weight fixture).
+"""The Qwen families (Qwen2.5-VL, Qwen2-VL) with the zspa plugin on the real vLLM CPU
+engine (tiny random-weight fixtures), every test once per family.
 
 Images are pruned, videos are not; M-RoPE positions of kept tokens are the unpruned
-ones (zspa_vllm/models/qwen2_5_vl.py). The key test is test_positions_match_transformers:
+ones (zspa_vllm/mrope.py). The key test is test_positions_match_transformers:
 transformers, fed the kept rows at their original (t, h, w) positions, reproduces vLLM's
 logprobs, and the same comparison with other position rules fails.
 
@@ -20,6 +21,8 @@ import torch
 
 from tests.engine import harness
 from tests.engine.harness import (
+    FAMILIES,
+    QWEN_FAMILIES,
     fixture_path,
     model_class_of,
     sampling,
@@ -33,7 +36,6 @@ from zspa_vllm.prune import num_kept, select_tokens
 
 pytestmark = pytest.mark.engine
 
-FAMILY = "qwen2.5-vl"
 IMAGE, VIDEO = 888, 889  # <|image_pad|>, <|video_pad|> (fixture config.json)
 QUESTION = "What is shown in this picture?"
 OTHER_QUESTION = "How many red circles are there in the top left corner?"
@@ -61,20 +63,26 @@ def fresh(width: int, height: int) -> tuple[int, int, int]:
 class Engines:
     """One engine alive at a time; asking for another frees the current one."""
 
-    def __init__(self, start):
-        self._start, self.name, self.llm = start, None, None
+    def __init__(self, start, family: str):
+        self._start, self.family, self.name, self.llm = start, family, None, None
 
     def get(self, name: str):
         if self.name != name:
-            self.llm, _ = self._start(FAMILY, **ENGINES[name])
+            self.llm, _ = self._start(self.family, **ENGINES[name])
             self.name = name
-            assert model_class_of(self.llm).__name__ == "ZspaQwen2_5_VLForConditionalGeneration"
+            assert model_class_of(self.llm).__name__ == "Zspa" + FAMILIES[self.family].architecture
         return self.llm
 
 
+@pytest.fixture(scope="module", params=QWEN_FAMILIES)
+def family(request) -> str:
+    # module scope + params: pytest runs every test of one family before the next family
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def engines(zspa_engines):
-    return Engines(zspa_engines)
+def engines(zspa_engines, family):
+    return Engines(zspa_engines, family)
 
 
 def ask(llm, images, question=QUESTION, max_tokens=3, **knobs):
@@ -130,11 +138,11 @@ STOCK_REQUESTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def stock_future():
+@pytest.fixture(scope="module")
+def stock_future(family):
     """Stock vLLM's answers, computed in a child process while our engine starts."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        yield pool.submit(stock_outputs, FAMILY, STOCK_REQUESTS)
+        yield pool.submit(stock_outputs, family, STOCK_REQUESTS)
 
 
 @pytest.mark.parametrize("knobs", [{}, {"keep_rate": 1.0}, {"keep_rate": 0.25, "prune_method": "none"}], ids=str)
@@ -157,14 +165,14 @@ def test_keep_all_is_stock_vllm(engines, stock_future, knobs):
 def test_prompt_shrinks_by_pruned_tokens(engines, size):
     llm = engines.get("main")
     image = fresh(*size)
-    n = visual_tokens(FAMILY, *size)
+    n = visual_tokens(engines.family, *size)
     full = ask(llm, [image])
     assert image_runs(full.prompt_token_ids) == [(20, n)]
     text = [t for t in full.prompt_token_ids if t != IMAGE]
     for rate in (0.1, 0.25, 0.5):
         out = ask(llm, [image], keep_rate=rate)
         kept = num_kept(n, rate)
-        print(f"[qwen2.5-vl] {size[0]}x{size[1]} keep_rate={rate}: n={n} l={kept}")
+        print(f"[{engines.family}] {size[0]}x{size[1]} keep_rate={rate}: n={n} l={kept}")
         assert len(out.prompt_token_ids) == len(full.prompt_token_ids) - (n - kept)
         assert image_runs(out.prompt_token_ids) == [(20, kept)]
         assert [t for t in out.prompt_token_ids if t != IMAGE] == text
@@ -175,7 +183,7 @@ def test_prompt_shrinks_by_pruned_tokens(engines, size):
 def test_two_images_each_pruned(engines):
     llm = engines.get("main")
     images = [fresh(336, 336), fresh(1024, 768)]
-    ns = [visual_tokens(FAMILY, w, h) for w, h, _ in images]
+    ns = [visual_tokens(engines.family, w, h) for w, h, _ in images]
     full = ask(llm, images)
     out = ask(llm, images, keep_rate=0.25)
     kept = [num_kept(n, 0.25) for n in ns]
@@ -208,10 +216,10 @@ def test_kept_indices_are_select_tokens(engines, knobs):
     tokenizer = llm.get_tokenizer()
     query = tokenizer.encode(QUESTION, add_special_tokens=False)
     assert list(selection.query_ids) == query  # the last user turn's text, nothing else
-    n = visual_tokens(FAMILY, w, h)
+    n = visual_tokens(engines.family, w, h)
     keep = num_kept(n, knobs["keep_rate"])
     # as the engine gets them: vLLM normalises pixels in the model (mm_device_do_normalize)
-    inputs = AutoProcessor.from_pretrained(fixture_path(FAMILY)).image_processor(
+    inputs = AutoProcessor.from_pretrained(fixture_path(engines.family)).image_processor(
         images=[make_image(w, h, seed)], do_rescale=False, do_normalize=False, return_tensors="pt"
     )
     pixels = inputs["pixel_values"]
@@ -289,10 +297,10 @@ def test_chunked_prefill_same_as_unchunked(engines):
 
 # --------------------------------------------------------------------------- M-RoPE
 @pytest.fixture(scope="module")
-def hf():
+def hf(family):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = fixture_path(FAMILY)
+    path = fixture_path(family)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoProcessor.from_pretrained(path)
 
@@ -357,7 +365,7 @@ def test_positions_match_transformers(engines, hf, sizes, rate):
         consecutive = diff("consecutive")
         width = diff("width")
     print(
-        f"[qwen2.5-vl] {sizes} keep_rate={rate}: vLLM vs transformers max |dlogprob| = {unpruned:.1e}"
+        f"[{engines.family}] {sizes} keep_rate={rate}: vLLM vs transformers max |dlogprob| = {unpruned:.1e}"
         f" (consecutive positions: {consecutive:.1e}, text after from width: {width:.1e})"
     )
     assert int(logprobs("unpruned").argmax()) == out.outputs[0].token_ids[0]
@@ -403,7 +411,7 @@ def test_video_is_not_pruned(engines, with_image):
     num_video = list(full.prompt_token_ids).count(VIDEO)
     assert num_video > 0 and list(pruned.prompt_token_ids).count(VIDEO) == num_video
     if with_image:
-        n = visual_tokens(FAMILY, 336, 336)
+        n = visual_tokens(engines.family, 336, 336)
         assert list(pruned.prompt_token_ids).count(IMAGE) == num_kept(n, 0.25)
         assert [s.num_visual for s in observe.RECENT] == [n]  # the image, not the video
     else:
@@ -430,9 +438,9 @@ def test_a_video_beside_an_image_keeps_stock_identity(engines):
         runs = []
         for question, knobs in ((QUESTION, {}), (QUESTION, {"keep_rate": 0.25}), (OTHER_QUESTION, {"keep_rate": 0.25})):
             prompt = _video_prompt(True).replace(QUESTION, question)
-            before = harness.vision_tower_calls(llm, FAMILY)
+            before = harness.vision_tower_calls(llm, engines.family)
             llm.generate({"prompt": prompt, "multi_modal_data": data, "mm_processor_kwargs": knobs}, sampling(1), use_tqdm=False)
-            runs.append(harness.vision_tower_calls(llm, FAMILY) - before)
+            runs.append(harness.vision_tower_calls(llm, engines.family) - before)
     finally:
         del processor.apply
     stock, first, second = hashes
@@ -446,24 +454,23 @@ def test_a_video_beside_an_image_keeps_stock_identity(engines):
 # --------------------------------------------------------------------------- encoder budget
 def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
     llm = engines.get("small-encoder-budget")
-    n = visual_tokens(FAMILY, 336, 336)
+    n = visual_tokens(engines.family, 336, 336)
     images = [fresh(336, 336) for _ in range(12)]
     conversations = [request_messages({"images": [image], "question": QUESTION}) for image in images]
     observe.clear()
     outs = llm.chat(conversations, sampling(1), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
     assert [[length for _, length in image_runs(o.prompt_token_ids)] for o in outs] == [[num_kept(n, 0.1)]] * 12
-    harness.check_encoder_not_over_packed(FAMILY, 12, ENCODER_BUDGET, n)
+    harness.check_encoder_not_over_packed(engines.family, 12, ENCODER_BUDGET, n)
     # grouping changes nothing: each image's kept set is what it gets encoded alone
     selections = sorted(s.kept for s in observe.RECENT)
-    assert selections == sorted(_kept_when_encoded_alone(llm, images, 0.1))
+    assert selections == sorted(_kept_when_encoded_alone(llm, engines.family, images, 0.1))
 
 
-def _kept_when_encoded_alone(llm, images, keep_rate, method="zspa", core_ratio=0.2) -> list[tuple[int, ...]]:
+def _kept_when_encoded_alone(llm, family, images, keep_rate, method="zspa", core_ratio=0.2) -> list[tuple[int, ...]]:
     """select_tokens on each image's embeddings from vLLM's own encoder, one image per call."""
     from transformers import AutoProcessor
-    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 
-    image_processor = AutoProcessor.from_pretrained(fixture_path(FAMILY)).image_processor
+    image_processor = AutoProcessor.from_pretrained(fixture_path(family)).image_processor
     query = llm.get_tokenizer().encode(QUESTION, add_special_tokens=False)
     inputs = [
         image_processor(images=[make_image(*image)], do_rescale=False, do_normalize=False, return_tensors="pt")
@@ -475,7 +482,7 @@ def _kept_when_encoded_alone(llm, images, keep_rate, method="zspa", core_ratio=0
         kept = []
         with torch.no_grad():
             for x in inputs:
-                (visual,) = Qwen2_5_VLForConditionalGeneration.embed_multimodal(
+                (visual,) = harness.vllm_class_of(model).embed_multimodal(
                     model, pixel_values=x["pixel_values"].to(torch.uint8), image_grid_thw=x["image_grid_thw"]
                 )
                 keep = num_kept(visual.shape[0], keep_rate)

@@ -1,0 +1,80 @@
+"""What every Qwen vision-language family shares for pruning (Qwen2-VL, Qwen2.5-VL).
+
+Processor: an image is one uniform run of ``<|image_pad|>`` tokens, ``t * h * w /
+merge**2`` long (``image_grid_thw``, for pixels and precomputed embeddings alike); its
+replacement keeps vLLM's video replacement as is and shortens the image run to the
+budget. Model: images' patches are laid back to back in ``pixel_values`` (flat), and
+the vision encoder's CUDA graph is not used for images (a captured graph would skip
+``embed_multimodal``, and so the selection). M-RoPE positions: ``zspa_vllm.mrope``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from vllm.multimodal.processing import PromptReplacement
+
+from zspa_vllm.model import PruningModelMixin
+from zspa_vllm.mrope import PrunedMropeMixin
+from zspa_vllm.processor import ZSPA_KWARG, PruningProcessorMixin
+from zspa_vllm.query import CHATML_USER_TURN
+
+
+class QwenPruningProcessorMixin(PruningProcessorMixin):
+    """Mix in before a vLLM Qwen-VL multimodal processor."""
+
+    QUERY_PATTERN = CHATML_USER_TURN  # "<|im_start|>user\n{content}<|im_end|>"
+
+    def _zspa_visual_counts(self, processed):
+        grid = processed.get("image_grid_thw")  # pixel inputs and precomputed embeddings
+        if grid is None:  # no images in this call (text or video only)
+            return []
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size
+        return [int(t * h * w) // merge**2 for t, h, w in grid.tolist()]
+
+    def _zspa_image_token_id(self):
+        return self.info.get_hf_config().image_token_id
+
+    def _zspa_num_image_tokens(self, width, height, mm_kwargs):
+        image_processor = self.info.get_image_processor(**mm_kwargs)  # its min/max_pixels decide
+        return int(
+            self.info.get_num_image_tokens(
+                image_width=width, image_height=height, image_processor=image_processor, mm_kwargs=mm_kwargs
+            )
+        )
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        # vLLM's image and video replacements; the image one with the pruned count
+        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
+        if ZSPA_KWARG not in hf_processor_mm_kwargs:
+            return updates
+
+        def pruned(update):
+            def replacement(item_idx: int):
+                full = update.replacement(item_idx)
+                return full[:1] * self._zspa_placeholder_count(len(full), hf_processor_mm_kwargs)
+
+            return PromptReplacement(modality="image", target=update.target, replacement=replacement)
+
+        return [pruned(u) if u.modality == "image" else u for u in updates]
+
+
+class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
+    """Mix in before a vLLM Qwen-VL model class."""
+
+    def _zspa_select_inputs(self, kwargs, indices, count):
+        if indices == list(range(count)):
+            return kwargs
+        if set(kwargs) != {"pixel_values", "image_grid_thw"}:
+            return None
+        # pixel_values holds every image's patches back to back: t * h * w rows each
+        grid = kwargs["image_grid_thw"]
+        ends = torch.cumsum(grid.prod(dim=-1), dim=0).tolist()
+        pixels = [kwargs["pixel_values"][(ends[i - 1] if i else 0) : ends[i]] for i in indices]
+        return {"pixel_values": torch.cat(pixels), "image_grid_thw": grid[indices]}
+
+    def get_encoder_cudagraph_config(self):
+        # a captured encoder graph would skip embed_multimodal, and so the pruning
+        config = super().get_encoder_cudagraph_config()
+        return dataclasses.replace(config, modalities=[m for m in config.modalities if m != "image"])
