@@ -29,7 +29,7 @@ bench-select: env  ## time the selection kernel at real model sizes
 bench-serve: env  ## stock vLLM vs zspa-serve on random-weight mid-size models (about 30 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --requests 12 --concurrency 4 --repeats 3 --warmup 1
 
-bench-chat: env  ## multi-turn chat and same-image workloads: stock vLLM vs zspa-serve (about 40 min on 2 CPUs)
+bench-chat: env  ## multi-turn chat and same-image workloads: stock vLLM vs zspa-serve (about 60 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --workload chat --repeats 3 --warmup 1
 
 fixtures: env  ## regenerate the tiny random-weight models under tests/fixtures/models
