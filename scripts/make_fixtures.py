@@ -7,13 +7,16 @@ One folder per architecture family, each loadable by vLLM 0.32 (CPU) and transfo
   llava-next/   LlavaNextForConditionalGeneration  (CLIP 336/14, anyres tiling, Mistral LM)
   qwen2.5-vl/   Qwen2_5_VLForConditionalGeneration (patch 14, merge 2, window attention, M-RoPE)
   qwen2-vl/     Qwen2VLForConditionalGeneration    (patch 14, merge 2, full attention, M-RoPE)
+  qwen3-vl/     Qwen3VLForConditionalGeneration    (patch 16, merge 2, DeepStack, interleaved M-RoPE)
+  qwen3-vl-moe/ Qwen3VLMoeForConditionalGeneration (as qwen3-vl, Qwen3-MoE LM with 4 experts, top-2)
 
 The geometry (image size, patch size, grid pinpoints, merge size, feature layer ...) is
 that of the real checkpoints; only the widths and depths are tiny. Weights are random,
 initialised by the transformers model's own ``__init__`` under a fixed torch seed, and
 written with the tensor names of the real hub checkpoints (llava-hf/llava-1.5-7b-hf,
-llava-hf/llava-v1.6-mistral-7b-hf, Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen2-VL-7B-Instruct). These are NOT real
-models: their outputs are meaningless, but they depend on the image and the text.
+llava-hf/llava-v1.6-mistral-7b-hf, Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen2-VL-7B-Instruct,
+Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3-VL-30B-A3B-Instruct). These are NOT real models: their
+outputs are meaningless, but they depend on the image and the text.
 
 The tokenizers are byte-level BPE models trained here on the fixed corpus below (so any
 text encodes), wrapped as transformers fast tokenizers with each family's special tokens.
@@ -134,12 +137,11 @@ LLAVA_NEXT_CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
-# The Qwen2.5-VL-Instruct template (default system prompt, vision placeholders).
-QWEN25VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+# Pieces of the Qwen-VL-Instruct templates: the image/video counters, one ChatML turn with
+# the vision placeholders ("Picture n: " / "Video n: " before them with add_vision_id), and
+# the generation prompt.
+_QWEN_VL_COUNTERS = "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+_QWEN_VL_TURN = (
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
@@ -153,8 +155,29 @@ QWEN25VL_CHAT_TEMPLATE = (
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
     "{% endfor %}<|im_end|>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_QWEN_VL_GENERATION_PROMPT = "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+
+# The Qwen2.5-VL-Instruct template (default system prompt, vision placeholders).
+QWEN25VL_CHAT_TEMPLATE = (
+    _QWEN_VL_COUNTERS
+    + "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    + _QWEN_VL_TURN
+    + "{% endfor %}"
+    + _QWEN_VL_GENERATION_PROMPT
+)
+
+# The Qwen3-VL-Instruct template without its tool-calling and <think> parts: NO default
+# system prompt (a system message is rendered only when the conversation has one), every
+# message one ChatML turn, the same vision placeholders as Qwen2.5-VL's.
+QWEN3VL_CHAT_TEMPLATE = (
+    _QWEN_VL_COUNTERS
+    + "{% for message in messages %}"
+    + _QWEN_VL_TURN
+    + "{% endfor %}"
+    + _QWEN_VL_GENERATION_PROMPT
 )
 
 # Real llava-v1.6 any-resolution grid.
@@ -165,6 +188,30 @@ LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1
 # run encode a huge dummy image).
 QWEN_MIN_PIXELS = 56 * 56
 QWEN_MAX_PIXELS = 2048 * 28 * 28
+
+# Qwen3-VL (patch 16, merge 2: one token per 32x32 pixels). Images: the real min
+# (shortest_edge 65536 = 64 tokens); longest_edge capped at 2048 tokens per image like
+# QWEN_MAX_PIXELS (the real 16777216 allows 16384). Videos: Qwen3VLVideoProcessor bounds
+# frames x height x width of the whole clip; the real min 4096; longest_edge capped at
+# 2048 tokens per clip (2 frames per temporal patch; the real 25165824 allows 12288).
+QWEN3_PATCH = 16
+QWEN3_MIN_PIXELS = 65536
+QWEN3_MAX_PIXELS = 2048 * 32 * 32
+QWEN3_VIDEO_MIN_PIXELS = 4096
+QWEN3_VIDEO_MAX_PIXELS = 2 * 2048 * 32 * 32
+
+# Qwen3-MoE LLM: 4 experts, top-2, every layer sparse. moe_intermediate_size must not be
+# hidden / 2: transformers loads the fused gate_up_proj [E, H, 2I] by transposing it only
+# when its shape differs from the in-memory [E, 2I, H], so a square one would load
+# untransposed (vLLM always transposes). 32: a multiple of vLLM's CPU MoE alignment (32).
+QWEN3_MOE = dict(
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    decoder_sparse_step=1,
+    mlp_only_layers=[],
+    norm_topk_prob=True,
+)
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -236,14 +283,18 @@ def _ids(tokenizer, tokens: list[str]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- weights
-def _save_weights(model, out: Path, rename) -> dict[str, tuple[int, ...]]:
+def _save_weights(model, out: Path, rename, convert=None) -> dict[str, tuple[int, ...]]:
     """Write model.safetensors with tensor names mapped by ``rename`` (transformers 5
-    in-memory names -> real hub checkpoint names)."""
+    in-memory names -> real hub checkpoint names) and, where the hub layout differs from
+    the in-memory one, tensors mapped by ``convert(hub_name, tensor)``."""
     state = {}
     for name, tensor in model.state_dict().items():
         new = rename(name)
         assert new not in state, new
-        state[new] = tensor.detach().to(torch.float32).contiguous().clone()
+        tensor = tensor.detach()
+        if convert is not None:
+            tensor = convert(new, tensor)
+        state[new] = tensor.to(torch.float32).contiguous().clone()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     return {k: tuple(v.shape) for k, v in sorted(state.items())}
 
@@ -274,6 +325,28 @@ def _qwen_rename(name: str) -> str:
         if name.startswith(old):
             return new + name[len(old) :]
     raise KeyError(f"unexpected Qwen-VL tensor name {name!r}")
+
+
+def _qwen3_rename(name: str) -> str:
+    # Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3-VL-30B-A3B-Instruct: transformers' own layout
+    # (model.language_model.*, model.visual.*, lm_head.*), the one vLLM's
+    # Qwen3VLForConditionalGeneration.hf_to_vllm_mapper maps.
+    if name.startswith(("model.language_model.", "model.visual.", "lm_head.")):
+        return name
+    raise KeyError(f"unexpected Qwen3-VL tensor name {name!r}")
+
+
+def _qwen3_moe_experts_to_hub(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    # Qwen/Qwen3-VL-30B-A3B-Instruct stores the fused experts of each layer as
+    # mlp.experts.gate_up_proj [E, hidden, 2 * moe_intermediate] (gate half first) and
+    # mlp.experts.down_proj [E, moe_intermediate, hidden]; transformers 5 keeps them
+    # transposed in memory ([E, 2I, H], [E, H, I]) and transposes on load when the shapes
+    # differ (conversion_mapping "qwen3_vl_moe"); vLLM transposes them on load
+    # (Qwen3VLMoeDecoderLayer: is_fused_checkpoint_transposed=True).
+    if name.endswith((".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")):
+        assert tensor.dim() == 3, (name, tensor.shape)
+        return tensor.transpose(1, 2)
+    return tensor
 
 
 # --------------------------------------------------------------------------- families
@@ -552,8 +625,146 @@ def build_qwen2vl(out: Path) -> dict:
     return _write(out, Qwen2VLForConditionalGeneration, config, processor, _qwen_rename, ids, notes)
 
 
+def _qwen3_text_config(tokenizer, ids, **moe) -> dict:
+    """The Qwen3 LLM of the Qwen3-VL fixtures (Qwen3-MoE with ``moe``), with interleaved
+    M-RoPE."""
+    head_dim = LLM["head_dim"]
+    # Real 8B / 30B-A3B: head_dim 128, mrope_section [24, 20, 20] (sum 64 = head_dim / 2),
+    # T/H/W frequencies interleaved (THWTHW...TT).
+    mrope_section = [3 * head_dim // 16, 5 * head_dim // 32, 5 * head_dim // 32]
+    assert sum(mrope_section) == head_dim // 2
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": mrope_section,
+            "mrope_interleaved": True,
+        },
+        attention_bias=False,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+        **LLM,
+        **moe,
+    )
+
+
+def _qwen3_vision_config() -> dict:
+    return dict(
+        depth=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=1,  # head_dim 64
+        in_channels=3,
+        hidden_act="gelu_pytorch_tanh",
+        patch_size=QWEN3_PATCH,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=LLM["hidden_size"],
+        num_position_embeddings=2304,  # real: a learned 48x48 grid, resampled per image
+        # Both blocks feed a DeepStack level (real 8B: blocks [8, 16, 24] of 27).
+        deepstack_visual_indexes=[0, 1],
+    )
+
+
+def _qwen3_processor(processor_cls, tokenizer):
+    """The real Qwen3-VL image and video processors (patch 16, mean/std 0.5), pixel bounds
+    QWEN3_MIN_PIXELS / QWEN3_MAX_PIXELS and QWEN3_VIDEO_MIN_PIXELS / QWEN3_VIDEO_MAX_PIXELS."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
+
+    geometry = dict(
+        patch_size=QWEN3_PATCH,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return processor_cls(
+        image_processor=Qwen2VLImageProcessor(
+            size={"shortest_edge": QWEN3_MIN_PIXELS, "longest_edge": QWEN3_MAX_PIXELS}, **geometry
+        ),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(
+            size={"shortest_edge": QWEN3_VIDEO_MIN_PIXELS, "longest_edge": QWEN3_VIDEO_MAX_PIXELS},
+            **geometry,
+        ),
+        chat_template=QWEN3VL_CHAT_TEMPLATE,
+    )
+
+
+def _qwen3_notes(text_config: dict, llm: str) -> list[str]:
+    return [
+        "ViT patch 16, temporal patch 2, spatial merge 2 (one token per 32x32 pixels), learned"
+        " 48x48 position grid (2304) resampled per image, 2D rotary, hidden 64, 2 blocks;"
+        " DeepStack: blocks 0 and 1 feed LLM layers 0 and 1 through their own mergers.",
+        "DeepStack is not negligible at the default init: zeroing its features changes the"
+        " last-token log-probs of an image question by ~0.3 (transformers, when this was made).",
+        f"Images: shortest_edge {QWEN3_MIN_PIXELS} (real); longest_edge {QWEN3_MAX_PIXELS}"
+        " (2048 tokens; the real 16777216 would make vLLM's start-up profile encode a huge"
+        f" dummy image). Videos: shortest_edge {QWEN3_VIDEO_MIN_PIXELS} (real); longest_edge"
+        f" {QWEN3_VIDEO_MAX_PIXELS} (2048 tokens per clip; real 25165824).",
+        f"LLM: {llm}, hidden 128, 2 layers, 2 heads x 64, 1 KV head, QK-norm, interleaved"
+        f" M-RoPE section {text_config['rope_parameters']['mrope_section']},"
+        f" rope_theta {text_config['rope_parameters']['rope_theta']:.0f}.",
+        "Chat: Qwen3-VL-Instruct template (no tools, no <think>), no default system prompt.",
+    ]
+
+
+def _qwen3_tokenizer_ids():
+    tokenizer = make_qwen_tokenizer(QWEN3VL_CHAT_TEMPLATE)
+    ids = _ids(tokenizer, QWEN_ADDED)
+    # The same ids as the other Qwen fixtures.
+    assert (ids["<|image_pad|>"], ids["<|video_pad|>"]) == (888, 889), ids
+    return tokenizer, ids
+
+
+def build_qwen3vl(out: Path) -> dict:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    tokenizer, ids = _qwen3_tokenizer_ids()
+    text_config = _qwen3_text_config(tokenizer, ids)
+    config = Qwen3VLConfig(
+        text_config=text_config, vision_config=_qwen3_vision_config(), **_qwen_token_config(ids)
+    )
+    config.architectures = ["Qwen3VLForConditionalGeneration"]
+    notes = _qwen3_notes(text_config, f"Qwen3 (dense, intermediate {LLM['intermediate_size']})")
+    processor = _qwen3_processor(Qwen3VLProcessor, tokenizer)
+    return _write(out, Qwen3VLForConditionalGeneration, config, processor, _qwen3_rename, ids, notes)
+
+
+def build_qwen3vl_moe(out: Path) -> dict:
+    from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor
+
+    assert 2 * QWEN3_MOE["moe_intermediate_size"] != LLM["hidden_size"]
+    tokenizer, ids = _qwen3_tokenizer_ids()
+    text_config = _qwen3_text_config(tokenizer, ids, **QWEN3_MOE)
+    config = Qwen3VLMoeConfig(
+        text_config=text_config, vision_config=_qwen3_vision_config(), **_qwen_token_config(ids)
+    )
+    config.architectures = ["Qwen3VLMoeForConditionalGeneration"]
+    e, i, h = QWEN3_MOE["num_experts"], QWEN3_MOE["moe_intermediate_size"], LLM["hidden_size"]
+    notes = _qwen3_notes(
+        text_config,
+        f"Qwen3-MoE ({e} experts of {i}, top-{QWEN3_MOE['num_experts_per_tok']} normalised,"
+        " every layer sparse)",
+    )
+    notes.append(
+        f"Experts stored fused as in the hub checkpoint: mlp.experts.gate_up_proj [{e}, {h}, {2 * i}]"
+        f" (gate half first), mlp.experts.down_proj [{e}, {i}, {h}]."
+    )
+    processor = _qwen3_processor(Qwen3VLProcessor, tokenizer)
+    return _write(
+        out, Qwen3VLMoeForConditionalGeneration, config, processor, _qwen3_rename, ids, notes,
+        convert=_qwen3_moe_experts_to_hub,
+    )
+
+
 # --------------------------------------------------------------------------- writing
-def _write(out: Path, model_cls, config, processor, rename, ids, notes: list[str]) -> dict:
+def _write(out: Path, model_cls, config, processor, rename, ids, notes: list[str], convert=None) -> dict:
     from transformers import GenerationConfig
 
     if out.exists():
@@ -564,7 +775,7 @@ def _write(out: Path, model_cls, config, processor, rename, ids, notes: list[str
     torch.manual_seed(SEED)
     with torch.device("cpu"):
         model = model_cls(config).to(torch.float32).eval()
-    shapes = _save_weights(model, out, rename)
+    shapes = _save_weights(model, out, rename, convert)
     config.save_pretrained(out)
     processor.save_pretrained(out)
     gen = GenerationConfig(
@@ -608,6 +819,8 @@ BUILDERS = {
     "llava-next": build_llava_next,
     "qwen2.5-vl": build_qwen25vl,
     "qwen2-vl": build_qwen2vl,
+    "qwen3-vl": build_qwen3vl,
+    "qwen3-vl-moe": build_qwen3vl_moe,
 }
 
 

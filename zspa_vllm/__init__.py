@@ -13,6 +13,8 @@ MODEL_OVERRIDES = {
     "Qwen2_5_VLForConditionalGeneration": "zspa_vllm.models.qwen2_5_vl:ZspaQwen2_5_VLForConditionalGeneration",
     "LlavaNextForConditionalGeneration": "zspa_vllm.models.llava_next:ZspaLlavaNextForConditionalGeneration",
     "Qwen2VLForConditionalGeneration": "zspa_vllm.models.qwen2_vl:ZspaQwen2VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "zspa_vllm.models.qwen3_vl:ZspaQwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration": "zspa_vllm.models.qwen3_vl_moe:ZspaQwen3VLMoeForConditionalGeneration",
 }
 
 _registered = False

@@ -131,12 +131,17 @@ class PruningModelMixin:
             ids = torch.as_tensor(ids, dtype=torch.long, device=visual.device).reshape(-1)
             query = embed_tokens(ids) if ids.numel() else None
             # core / keep gives back exactly `core` in select_tokens' floor(r * l + 0.5)
-            kept = select_tokens(visual, query, keep, core / keep, method=method)
+            kept = select_tokens(self._zspa_selection_features(visual), query, keep, core / keep, method=method)
             observe.record(
                 observe.Selection(visual.shape[0], tuple(kept.tolist()), tuple(ids.tolist()), method, core)
             )
             pruned.append(self._zspa_kept_rows(visual, kept, len(pruned)))
         return pruned
+
+    def _zspa_selection_features(self, visual: torch.Tensor) -> torch.Tensor:
+        """The columns of an image's rows that selection compares with the query (and
+        with each other). Families whose rows carry more than the LLM input override it."""
+        return visual
 
     def _zspa_kept_rows(self, visual: torch.Tensor, kept: torch.Tensor, item: int) -> torch.Tensor:
         """What replaces image ``item`` (of this call) in the prefill: its kept rows.

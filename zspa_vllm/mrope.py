@@ -9,9 +9,9 @@ nothing had been pruned. This reuses vLLM's Efficient-Video-Sampling plumbing
 ``recompute_mrope_positions`` per request and step, where they are split off and
 written into the request's positions. Two hooks of ours differ from vLLM's EVS:
 
-- ``get_mrope_input_positions`` already lays out the text positions of the pruned
-  prompt correctly (a pruned image advances them by its unpruned extent), and gives
-  each pruned placeholder the image's base position in every channel;
+- ``get_mrope_input_positions`` runs the family's own rule on the prompt as it would
+  be unpruned, so text (and videos) keep their unpruned positions, and gives each
+  pruned placeholder its image's base position in every channel;
 - ``recompute_mrope_positions`` only adds each kept token's (h, w) offset to its base.
   It never moves text tokens, so it is idempotent and independent of where chunks
   start or how many media share one chunk. (vLLM's ``evs.recompute_mrope_positions``
@@ -26,7 +26,8 @@ vLLM. The runner only calls that hook once ``zspa_vllm.runner_hooks`` is install
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+
 import torch
 
 from zspa_vllm.runner_hooks import install_runner_hooks
@@ -38,14 +39,20 @@ POS_CHANNELS = 4
 _RADIX = 256
 
 
-def _is_pruned_image(feature) -> bool:
-    return feature.modality == "image" and feature.data is not None and "zspa_num_keep" in feature.data
+def _unpruned_length(feature, merge: int) -> int | None:
+    """A pruned image's unpruned token count (its run is shorter than its grid), else
+    None. Read from the grid, which vLLM keeps in the feature even where it drops the
+    rest of an item's data (an image wholly served from the prefix cache)."""
+    if feature.modality != "image" or feature.data is None or "image_grid_thw" not in feature.data:
+        return None
+    num_visual = int(feature.data["image_grid_thw"].data.prod()) // merge**2
+    return num_visual if feature.mm_position.length < num_visual else None
 
 
 class PrunedMropeMixin:
     """Mix in before ``zspa_vllm.model.PruningModelMixin`` on a vLLM M-RoPE model whose
-    ``iter_mm_grid_thw`` yields (offset, t, h, w, t_factor) per item (Qwen2-VL and
-    Qwen2.5-VL) and whose image inputs carry ``image_grid_thw``."""
+    image inputs carry ``image_grid_thw`` and whose image placeholder run is one token
+    per merged-grid cell (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."""
 
     # Read by the runner hooks: this model needs recompute_mrope_positions called.
     zspa_prunes_images = True
@@ -75,31 +82,35 @@ class PrunedMropeMixin:
         return torch.cat([visual[kept], channels.to(device=visual.device, dtype=visual.dtype)], dim=1)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
-        if not any(_is_pruned_image(f) for f in mm_features):
+        merge = self.config.vision_config.spatial_merge_size
+        if not any(_unpruned_length(f, merge) for f in mm_features):
             return super().get_mrope_input_positions(input_tokens, mm_features)  # stock
-        # As vLLM's, except that a pruned image's run is shorter than its grid: its
-        # placeholders get the image's base position (recompute_mrope_positions adds the
-        # kept tokens' (h, w) later) and the text after it continues past the full grid.
-        features = sorted(mm_features, key=lambda f: f.mm_position.offset)
-        pieces, st, next_pos = [], 0, 0
-        for feature, (offset, grid_t, grid_h, grid_w, t_factor) in zip(features, self.iter_mm_grid_thw(features)):
-            text_len = offset - st
-            pieces.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_pos)
-            base = next_pos + text_len
-            grid = np.indices((grid_t, grid_h, grid_w)).reshape(3, -1)
-            if t_factor != 1.0:
-                grid[0] = (grid[0] * t_factor).astype(np.int64)
-            length = feature.mm_position.length
-            if _is_pruned_image(feature):
-                pieces.append(np.full((3, length), base, dtype=np.int64))
+        # vLLM's own rule (the family's, with its video layout) on the prompt as it would
+        # be unpruned; then each pruned image's run takes the image's base position in
+        # every channel (recompute_mrope_positions adds the kept tokens' (h, w) later),
+        # and the text after it keeps its place past the full grid.
+        tokens, features, picks, st = [], [], [], 0
+        for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            place = feature.mm_position
+            picks.extend(range(len(tokens), len(tokens) + place.offset - st))
+            tokens.extend(input_tokens[st : place.offset])
+            start = len(tokens)
+            num_visual = _unpruned_length(feature, merge)
+            if num_visual:
+                tokens.extend([input_tokens[place.offset]] * num_visual)
+                picks.extend([start] * place.length)
+                place = dataclasses.replace(place, offset=start, length=num_visual, is_embed=None)
             else:
-                pieces.append(grid + base)
-            next_pos = base + int(grid.max()) + 1
-            st = offset + length
-        text_len = len(input_tokens) - st
-        pieces.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_pos)
-        positions = np.concatenate(pieces, axis=1).astype(np.int64)
-        return torch.from_numpy(positions), next_pos + text_len - len(input_tokens)
+                tokens.extend(input_tokens[place.offset : place.offset + place.length])
+                picks.extend(range(start, start + place.length))
+                place = dataclasses.replace(place, offset=start)
+            features.append(dataclasses.replace(feature, mm_position=place))
+            st = feature.mm_position.offset + feature.mm_position.length
+        picks.extend(range(len(tokens), len(tokens) + len(input_tokens) - st))
+        tokens.extend(input_tokens[st:])
+        unpruned, _ = super().get_mrope_input_positions(tokens, features)
+        positions = unpruned[:, picks].contiguous()
+        return positions, int(unpruned.max()) + 1 - len(input_tokens)
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
         """Called by the runner for every request and step (see the module docstring)."""

@@ -210,10 +210,16 @@ def _check_placeholders(result) -> None:
 
 class PruningInfoMixin:
     """Mix in before a vLLM ``BaseProcessingInfo`` whose family builds its HF processor
-    from the request's processor kwargs (Qwen2-VL does, in ``_get_prompt_updates``)."""
+    (or merges HF processor kwargs) from the request's processor kwargs (the Qwen
+    families do, in ``_get_prompt_updates`` and Qwen3-VL's ``_apply_hf_processor_main``)."""
 
     def get_hf_processor(self, **kwargs):
         # ours is for the hash and the placeholder count, not an HF processor argument
         # (vLLM would also load, and cache, one HF processor per distinct value)
         kwargs.pop(ZSPA_KWARG, None)
         return super().get_hf_processor(**kwargs)
+
+    def _merge_and_resolve_mm_processor_kwargs(self, mm_kwargs):
+        # Qwen3-VL calls its HF processors with these merged kwargs directly, not
+        # through _call_hf_processor: ours must not reach them
+        return super()._merge_and_resolve_mm_processor_kwargs({k: v for k, v in mm_kwargs.items() if k != ZSPA_KWARG})

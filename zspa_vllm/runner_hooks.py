@@ -52,7 +52,9 @@ def install_runner_hooks() -> None:
         def maybe_create_mm_pruner(model_config, model, rope_state, encoder_cache):
             pruner = create(model_config, model, rope_state, encoder_cache)
             if pruner is None and getattr(model, "zspa_prunes_images", False) and None not in (rope_state, encoder_cache):
-                pruner = mm_pruning.MultiModalPruner(model, rope_state, encoder_cache, model_config.get_inputs_embeds_size())
+                # the width strip() cuts to: ours, which keeps Qwen3-VL's deepstack columns
+                # (model_config.get_inputs_embeds_size() would cut them off)
+                pruner = mm_pruning.MultiModalPruner(model, rope_state, encoder_cache, model._zspa_embedding_width())
             return pruner
 
         mm_pruning.maybe_create_mm_pruner = maybe_create_mm_pruner

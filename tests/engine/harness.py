@@ -57,6 +57,8 @@ QWEN_PROMPT = (
     "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n"
     "<|im_start|>assistant\n"
 )
+# Qwen3-VL's template has no default system prompt
+QWEN3_PROMPT = QWEN_PROMPT.split("<|im_end|>\n", 1)[1]
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -75,6 +77,8 @@ FAMILIES: dict[str, Family] = {
         ),
         Family("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", "<|image_pad|>", QWEN_PROMPT),
         Family("qwen2-vl", "Qwen2VLForConditionalGeneration", "<|image_pad|>", QWEN_PROMPT),
+        Family("qwen3-vl", "Qwen3VLForConditionalGeneration", "<|image_pad|>", QWEN3_PROMPT),
+        Family("qwen3-vl-moe", "Qwen3VLMoeForConditionalGeneration", "<|image_pad|>", QWEN3_PROMPT),
     )
 }
 QWEN_FAMILIES = [name for name in FAMILIES if name.startswith("qwen")]  # M-RoPE, flat pixel layout
@@ -192,14 +196,15 @@ def logprobs_max_diff(a, b, steps: int = 1) -> float:
     return worst
 
 
-def ask(llm, images, question: str, max_tokens: int = 3, **knobs):
-    """One chat request (images as (width, height, seed), then the question) with the
-    knobs as its mm_processor_kwargs; clears zspa_vllm.observe first."""
+def ask(llm, images, question: str, max_tokens: int = 3, system: str | None = None, **knobs):
+    """One chat request (images as (width, height, seed), then the question; a system
+    turn first if given) with the knobs as its mm_processor_kwargs; clears
+    zspa_vllm.observe first."""
     from tests.engine.stock_reference import request_messages
     from zspa_vllm import observe
 
     observe.clear()
-    request = {"images": list(images), "question": question}
+    request = {"images": list(images), "question": question, "system": system}
     (out,) = llm.chat(
         request_messages(request), sampling(max_tokens), mm_processor_kwargs=knobs or None, use_tqdm=False
     )
@@ -285,7 +290,7 @@ def visual_tokens(family: str, width: int, height: int) -> int:
 
 
 # --------------------------------------------------------------------------- vision tower
-VISION_TOWER = {"llava-1.5": "vision_tower", "llava-next": "vision_tower", "qwen2.5-vl": "visual", "qwen2-vl": "visual"}
+VISION_TOWER = {"llava-1.5": "vision_tower", "llava-next": "vision_tower", **{family: "visual" for family in QWEN_FAMILIES}}
 
 
 def vision_tower_calls(llm, family: str) -> int:

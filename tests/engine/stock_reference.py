@@ -50,13 +50,15 @@ def child_outputs(family: str, requests: list[dict], *, plugin: bool, env=None, 
 
 
 def request_messages(request: dict) -> list[dict]:
-    """OpenAI-style user turn for a request spec: its images, then its question."""
+    """OpenAI-style user turn for a request spec: its images, then its question (after
+    a system turn if the spec has "system")."""
     from tests.fixtures.images import make_image
 
     parts = [{"type": "image_pil", "image_pil": make_image(w, h, seed)} for w, h, seed in request["images"]]
     if request.get("question"):
         parts.append({"type": "text", "text": request["question"]})
-    return [{"role": "user", "content": parts}]
+    system = [{"role": "system", "content": request["system"]}] if request.get("system") else []
+    return [*system, {"role": "user", "content": parts}]
 
 
 def output_record(output) -> dict:

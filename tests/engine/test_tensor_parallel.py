@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from tests.engine.harness import fixture_path, visual_tokens
+from tests.engine.harness import FAMILIES, fixture_path, visual_tokens
 from tests.engine.stock_reference import child_outputs
 from zspa_vllm.encoder_cache import read_stats
 from zspa_vllm.prune import num_kept
@@ -34,7 +34,7 @@ REQUESTS = [
 # small enough that the images above evict one another (a fixture image is 0.07-1.2 MB;
 # LLaVA-NeXT's are the largest)
 CACHE_MIB = {"llava-next": "3"}
-VISION_HEADS_KEY = {"llava-1.5": "num_attention_heads", "llava-next": "num_attention_heads", "qwen2.5-vl": "num_heads", "qwen2-vl": "num_heads"}
+VISION_HEADS_KEY = {family: "num_attention_heads" if family.startswith("llava") else "num_heads" for family in FAMILIES}
 # one worker per CPU, no NUMA binding (this machine has one NUMA node; vLLM's automatic
 # binding wants one node per rank)
 TP_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}

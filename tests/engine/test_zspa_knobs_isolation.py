@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.harness import visual_tokens
+from tests.engine.harness import FAMILIES, visual_tokens
 from tests.engine.stock_reference import request_messages
 from zspa_vllm.prune import num_kept
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.engine
 OURS = {"keep_rate", "core_ratio", "prune_method", "query_scope", "zspa"}
 
 
-@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "qwen2.5-vl", "qwen2-vl"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_knobs_never_reach_the_hf_processor(family, zspa_engines, monkeypatch):
     from vllm.multimodal.processing.context import InputProcessingContext
 

@@ -1,5 +1,7 @@
-"""The Qwen families (Qwen2.5-VL, Qwen2-VL) with the zspa plugin on the real vLLM CPU
-engine (tiny random-weight fixtures), every test once per family.
+"""The Qwen families (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE) with the zspa plugin
+on the real vLLM CPU engine (tiny random-weight fixtures), every test once per family.
+Every request has the same system turn (Qwen2/2.5's default, which Qwen3-VL's template
+lacks), so the first image token is prompt token 20 in every family.
 
 Images are pruned, videos are not; M-RoPE positions of kept tokens are the unpruned
 ones (zspa_vllm/mrope.py). The key test is test_positions_match_transformers:
@@ -38,8 +40,9 @@ pytestmark = pytest.mark.engine
 
 IMAGE, VIDEO = 888, 889  # <|image_pad|>, <|video_pad|> (fixture config.json)
 QUESTION = "What is shown in this picture?"
+SYSTEM = "You are a helpful assistant."
 OTHER_QUESTION = "How many red circles are there in the top left corner?"
-ENCODER_BUDGET = 400  # two 336x336 images (144 tokens each) unpruned
+ENCODER_BUDGET = 400  # two to four 336x336 images unpruned (Qwen2/2.5: 144 tokens each, Qwen3: 100)
 CHUNK = 20  # tokens per step of the "chunked" engine: the first image token is prompt token 20
 ENGINES = {
     "main": dict(enable_prefix_caching=True, limit_mm_per_prompt={"image": 2, "video": 1}),
@@ -86,7 +89,7 @@ def engines(zspa_engines, family):
 
 
 def ask(llm, images, question=QUESTION, max_tokens=3, **knobs):
-    return harness.ask(llm, images, question, max_tokens, **knobs)
+    return harness.ask(llm, images, question, max_tokens, SYSTEM, **knobs)
 
 
 def image_runs(token_ids) -> list[tuple[int, int]]:
@@ -129,12 +132,18 @@ def same_output(a, b, atol=EXACT_ATOL, steps=3) -> float:
     return diff
 
 
+def main_features(model, visual: torch.Tensor) -> torch.Tensor:
+    """The LLM-input columns of an image's rows, which the selection compares: Qwen3-VL
+    rows also carry their deepstack levels, hidden_size columns each."""
+    return visual[:, : model.config.text_config.hidden_size]
+
+
 # --------------------------------------------------------------------------- stock vLLM
 STOCK_REQUESTS = [
-    {"images": [(336, 336, 1)], "question": QUESTION},
-    {"images": [(1024, 768, 2)], "question": OTHER_QUESTION},
-    {"images": [(336, 336, 1), (1024, 768, 2)], "question": QUESTION},
-    {"images": [(336, 336, 3)], "question": QUESTION},  # sensitivity: another image
+    {"images": [(336, 336, 1)], "question": QUESTION, "system": SYSTEM},
+    {"images": [(1024, 768, 2)], "question": OTHER_QUESTION, "system": SYSTEM},
+    {"images": [(336, 336, 1), (1024, 768, 2)], "question": QUESTION, "system": SYSTEM},
+    {"images": [(336, 336, 3)], "question": QUESTION, "system": SYSTEM},  # sensitivity: another image
 ]
 
 
@@ -233,7 +242,7 @@ def test_kept_indices_are_select_tokens(engines, knobs):
                 pixel_values=pixels.to(torch.uint8), image_grid_thw=inputs["image_grid_thw"]
             )
             embedded = model.get_language_model().embed_input_ids(torch.tensor(query))
-            kept = select_tokens(visual, embedded, keep, core_ratio, method=method)
+            kept = select_tokens(main_features(model, visual), embedded, keep, core_ratio, method=method)
         return visual.shape[0], kept.tolist()
 
     ((num_visual, kept),) = llm.apply_model(expected)
@@ -277,15 +286,19 @@ def test_chunked_prefill_same_as_unchunked(engines):
     (prompt token 20, and the second image of case 2), inside images, and with two
     images in one chunk (case 3). Positions and outputs stay those of one step."""
     cases = [
-        ([fresh(1024, 768)], 0.1),  # 100 kept: chunk 2 starts on the first image token
-        ([fresh(336, 336), fresh(1024, 768)], 0.4),  # 58 kept: image 2 starts at token 80
-        ([fresh(336, 336), fresh(336, 336)], 0.1),  # 15 + 15 kept: both in chunk [20, 40)
+        ([fresh(1024, 768)], 0.1),  # chunk 2 starts on the first image token
+        ([fresh(336, 336), fresh(1024, 768)], 0.4),  # image 2 at token 80 (a chunk edge) or 62 (Qwen3)
+        ([fresh(336, 336), fresh(336, 336)], 0.1),  # two images in chunk [20, 40)
     ]
     llm = engines.get("noprefix")
     assert llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens >= 2048
     whole = [ask(llm, images, keep_rate=rate) for images, rate in cases]
     starts = [[start for start, _ in image_runs(out.prompt_token_ids)] for out in whole]
-    assert starts[0] == [20] and starts[1] == [20, 80] and starts[2] == [20, 37]
+    small = visual_tokens(engines.family, 336, 336)
+    # Qwen2/2.5: 58 and 15 kept of 144; Qwen3: 40 and 10 of 100 (<|vision_end|><|vision_start|> between)
+    second = [20 + num_kept(small, rate) + 2 for rate in (0.4, 0.1)]
+    assert starts == [[20], [20, second[0]], [20, second[1]]]
+    assert second[1] < 2 * CHUNK  # case 3: both images have tokens in chunk [20, 40)
 
     llm = engines.get("chunked")
     assert llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens == CHUNK
@@ -333,7 +346,8 @@ def positions_for(token_ids, grids, kept_sets, rule: str) -> torch.Tensor:
     ids=["1024x768", "300x900-tall", "two-images"],
 )
 def test_positions_match_transformers(engines, hf, sizes, rate):
-    """vLLM's pruned run = transformers on the kept rows at their unpruned positions."""
+    """vLLM's pruned run = transformers on the kept rows at their unpruned positions
+    (Qwen3-VL: with the kept rows' deepstack levels, which must matter)."""
     model, processor = hf
     llm = engines.get("main")
     images = [fresh(w, h) for w, h in sizes]
@@ -347,32 +361,47 @@ def test_positions_match_transformers(engines, hf, sizes, rate):
     grids = [(int(h) // merge, int(w) // merge) for _, h, w in inputs["image_grid_thw"].tolist()]
     ids = torch.tensor(out.prompt_token_ids)
     with torch.no_grad():
-        visual = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
         embeds = model.get_input_embeddings()(ids)
-        rows = torch.cat([v[list(kept)] for v, kept in zip(visual, kept_sets)])
-        embeds[ids == IMAGE] = rows
+        embeds[ids == IMAGE] = torch.cat([v[list(kept)] for v, kept in zip(features.pooler_output, kept_sets)])
+        # Qwen3-VL: per deepstack level, the kept rows' features (added to the first LLM layers)
+        levels = getattr(features, "deepstack_features", None) or []
+        deepstack = [torch.cat([v[list(kept)] for v, kept in zip(level, kept_sets)]) for level in levels]
 
-        def logprobs(rule: str) -> torch.Tensor:
+        def logprobs(rule: str, deepstack=deepstack) -> torch.Tensor:
             position_ids = positions_for(ids, grids, kept_sets, rule)
-            logits = model(inputs_embeds=embeds[None], position_ids=position_ids).logits[0, -1]
+            if not deepstack:
+                logits = model(inputs_embeds=embeds[None], position_ids=position_ids).logits[0, -1]
+            else:
+                hidden = model.model.language_model(
+                    inputs_embeds=embeds[None],
+                    position_ids=position_ids,
+                    visual_pos_masks=(ids == IMAGE)[None],
+                    deepstack_visual_embeds=deepstack,
+                ).last_hidden_state
+                logits = model.lm_head(hidden)[0, -1]
             return torch.log_softmax(logits.float(), dim=-1)
 
-        def diff(rule: str) -> float:
-            reference = logprobs(rule)
+        def diff(rule: str, **kw) -> float:
+            reference = logprobs(rule, **kw)
             return max(abs(float(reference[t]) - lp) for t, lp in step_logprobs(out, 0).items())
 
         unpruned = diff("unpruned")
         consecutive = diff("consecutive")
         width = diff("width")
+        without_deepstack = diff("unpruned", deepstack=[torch.zeros_like(d) for d in deepstack]) if deepstack else None
     print(
         f"[{engines.family}] {sizes} keep_rate={rate}: vLLM vs transformers max |dlogprob| = {unpruned:.1e}"
-        f" (consecutive positions: {consecutive:.1e}, text after from width: {width:.1e})"
+        f" (consecutive positions: {consecutive:.1e}, text after from width: {width:.1e}"
+        + (f", deepstack zeroed: {without_deepstack:.1e})" if deepstack else ")")
     )
     assert int(logprobs("unpruned").argmax()) == out.outputs[0].token_ids[0]
     assert unpruned < HF_ATOL
     assert consecutive > DIFF_MIN  # the comparison sees positions
     if any(gh > gw for gh, gw in grids):  # tall image: max(h, w) is not the width
         assert width > DIFF_MIN
+    if engines.family.startswith("qwen3"):  # the deepstack levels of the kept rows reached the LLM
+        assert len(deepstack) == 2 and without_deepstack > DIFF_MIN
 
 
 # --------------------------------------------------------------------------- video
@@ -456,7 +485,7 @@ def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
     llm = engines.get("small-encoder-budget")
     n = visual_tokens(engines.family, 336, 336)
     images = [fresh(336, 336) for _ in range(12)]
-    conversations = [request_messages({"images": [image], "question": QUESTION}) for image in images]
+    conversations = [request_messages({"images": [image], "question": QUESTION, "system": SYSTEM}) for image in images]
     observe.clear()
     outs = llm.chat(conversations, sampling(1), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
     assert [[length for _, length in image_runs(o.prompt_token_ids)] for o in outs] == [[num_kept(n, 0.1)]] * 12
@@ -486,7 +515,7 @@ def _kept_when_encoded_alone(llm, family, images, keep_rate, method="zspa", core
                     model, pixel_values=x["pixel_values"].to(torch.uint8), image_grid_thw=x["image_grid_thw"]
                 )
                 keep = num_kept(visual.shape[0], keep_rate)
-                kept.append(tuple(select_tokens(visual, embedded, keep, core_ratio, method=method).tolist()))
+                kept.append(tuple(select_tokens(main_features(model, visual), embedded, keep, core_ratio, method=method).tolist()))
         return kept
 
     return llm.apply_model(select)[0]

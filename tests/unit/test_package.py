@@ -38,6 +38,8 @@ def test_register_is_reentrant_lazy_and_touches_only_our_architectures():
         "LlavaNextForConditionalGeneration",
         "Qwen2_5_VLForConditionalGeneration",
         "Qwen2VLForConditionalGeneration",
+        "Qwen3VLForConditionalGeneration",
+        "Qwen3VLMoeForConditionalGeneration",
     }
     assert imported == []  # nothing of ours is imported until vLLM resolves the model
 

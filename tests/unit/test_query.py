@@ -6,7 +6,14 @@ from transformers import AutoTokenizer
 from tests.engine.harness import fixture_path
 from zspa_vllm.query import CHATML_USER_TURN, LLAVA_USER_TURN, MISTRAL_USER_TURN, query_text, query_token_ids
 
-FAMILIES = {"llava-1.5": LLAVA_USER_TURN, "llava-next": MISTRAL_USER_TURN, "qwen2.5-vl": CHATML_USER_TURN, "qwen2-vl": CHATML_USER_TURN}
+FAMILIES = {
+    "llava-1.5": LLAVA_USER_TURN,
+    "llava-next": MISTRAL_USER_TURN,
+    "qwen2.5-vl": CHATML_USER_TURN,
+    "qwen2-vl": CHATML_USER_TURN,
+    "qwen3-vl": CHATML_USER_TURN,
+    "qwen3-vl-moe": CHATML_USER_TURN,
+}
 
 
 def _user(*parts):
@@ -60,18 +67,23 @@ def test_each_family_processor_uses_the_pattern_tested_here():
     from zspa_vllm.models.llava_next import ZspaLlavaNextMultiModalProcessor
     from zspa_vllm.models.qwen2_5_vl import ZspaQwen2_5_VLMultiModalProcessor
     from zspa_vllm.models.qwen2_vl import ZspaQwen2VLMultiModalProcessor
+    from zspa_vllm.models.qwen3_vl import ZspaQwen3VLMultiModalProcessor
+    from zspa_vllm.models.qwen3_vl_moe import ZspaQwen3VLMoeForConditionalGeneration
 
     processors = {
         "llava-1.5": ZspaLlavaMultiModalProcessor,
         "llava-next": ZspaLlavaNextMultiModalProcessor,
         "qwen2.5-vl": ZspaQwen2_5_VLMultiModalProcessor,
         "qwen2-vl": ZspaQwen2VLMultiModalProcessor,
+        "qwen3-vl": ZspaQwen3VLMultiModalProcessor,
+        # registered for the MoE model class
+        "qwen3-vl-moe": ZspaQwen3VLMoeForConditionalGeneration._processor_factory.processor,
     }
     assert {family: cls.QUERY_PATTERN for family, cls in processors.items()} == FAMILIES
 
 
 # --------------------------------------------------------------------------- per image
-IMAGE_TOKENS = {"llava-1.5": "<image>", "llava-next": "<image>", "qwen2.5-vl": "<|image_pad|>", "qwen2-vl": "<|image_pad|>"}
+IMAGE_TOKENS = {family: "<image>" if family.startswith("llava") else "<|image_pad|>" for family in FAMILIES}
 
 # (messages, the query of each image under image_turn, under last_turn)
 CHATS = {

@@ -42,18 +42,27 @@ HOOKS = {
     # Qwen2-VL (zspa_vllm/models/qwen2_vl.py, qwen.py, zspa_vllm/mrope.py)
     "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.get_mrope_input_positions": "(self, input_tokens: list[int], mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> tuple[torch.Tensor, int]",
-    "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.iter_mm_grid_thw": "(self, mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> collections.abc.Iterator[tuple[int, int, int, int, float]]",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.get_encoder_cudagraph_config": "(self)",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLProcessingInfo.get_hf_processor": "(self, **kwargs: object) -> transformers.models.qwen2_vl.processing_qwen2_vl.Qwen2VLProcessor",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, typing.Any], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
     # Qwen2.5-VL and its M-RoPE plumbing (zspa_vllm/models/qwen2_5_vl.py, qwen.py, zspa_vllm/mrope.py)
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions": "(self, input_tokens: list[int], mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> tuple[torch.Tensor, int]",
-    "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.iter_mm_grid_thw": "(self, mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> collections.abc.Iterator[tuple[int, int, int, int, float]]",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.recompute_mrope_positions": "(self, input_ids: list[int] | torch.Tensor, multimodal_embeddings: collections.abc.Sequence[torch.Tensor], mrope_positions: torch.LongTensor, num_computed_tokens: int) -> tuple[collections.abc.Sequence[torch.Tensor], torch.Tensor, int]",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.get_encoder_cudagraph_config": "(self)",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLProcessingInfo.get_hf_processor": "(self, **kwargs: object) -> transformers.models.qwen2_5_vl.processing_qwen2_5_vl.Qwen2_5_VLProcessor",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, typing.Any], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
+    # Qwen3-VL / Qwen3-VL-MoE (zspa_vllm/models/qwen3_vl.py, qwen3_vl_moe.py, qwen.py): deepstack columns
+    "vllm.model_executor.models.qwen3_vl:Qwen3VLForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...] | None",
+    "vllm.model_executor.models.qwen3_vl:Qwen3VLForConditionalGeneration.get_mrope_input_positions": "(self, input_tokens: list[int], mm_features: list[vllm.multimodal.inputs.MultiModalFeatureSpec]) -> tuple[torch.Tensor, int]",
+    "vllm.model_executor.models.qwen3_vl:Qwen3VLForConditionalGeneration.recompute_mrope_positions": "(self, input_ids: list[int] | torch.Tensor, multimodal_embeddings: collections.abc.Sequence[torch.Tensor], mrope_positions: torch.LongTensor, num_computed_tokens: int) -> tuple[collections.abc.Sequence[torch.Tensor], torch.Tensor, int]",
+    "vllm.model_executor.models.qwen3_vl:Qwen3VLForConditionalGeneration.get_encoder_cudagraph_config": "(self)",
+    "vllm.model_executor.models.qwen3_vl:Qwen3VLForConditionalGeneration._compute_deepstack_embeds": "(self, inputs_embeds: torch.Tensor, multimodal_embeddings: list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...], is_multimodal: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]]",
+    "vllm.model_executor.models.qwen3_vl:Qwen3VLProcessingInfo.get_hf_processor": "(self, **kwargs: object) -> transformers.models.qwen3_vl.processing_qwen3_vl.Qwen3VLProcessor",
+    "vllm.model_executor.models.qwen3_vl:Qwen3VLMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, typing.Any], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
+    "vllm.model_executor.models.qwen3_vl:Qwen3VLMultiModalProcessor._apply_hf_processor_main": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_kwargs: collections.abc.Mapping[str, object]) -> transformers.feature_extraction_utils.BatchFeature",
+    "vllm.multimodal.processing.context:BaseProcessingInfo._merge_and_resolve_mm_processor_kwargs": "(self, mm_kwargs: collections.abc.Mapping[str, object]) -> dict[str, typing.Any]",
+    "vllm.model_executor.models.qwen2_vl:Qwen2VLProcessingInfo._merge_and_resolve_mm_processor_kwargs": "(self, mm_kwargs: collections.abc.Mapping[str, object]) -> dict[str, typing.Any]",
     # runner hooks that make the runners call recompute_mrope_positions for images
     "vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings": "(self, scheduler_output: 'SchedulerOutput', shift_computed_tokens: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]",
     "vllm.v1.worker.gpu.model_states.mm_pruning:maybe_create_mm_pruner": "(model_config: vllm.config.model.ModelConfig, model: torch.nn.modules.module.Module, rope_state: vllm.v1.worker.gpu.mm.rope.RopeState | None, encoder_cache: vllm.v1.worker.gpu.mm.encoder_cache.EncoderCache | None) -> vllm.v1.worker.gpu.model_states.mm_pruning.MultiModalPruner | None",
@@ -102,6 +111,19 @@ def test_hash_factors_still_include_processor_kwargs():
         for kw in ({}, {"zspa": "a"}, {"zspa": "b"})
     }
     assert len(hashes) == 3
+
+
+def test_qwen3_deepstack_layout_the_selection_relies_on():
+    """zspa_vllm.models.qwen.Qwen3PruningModelMixin: an image row is [main | deepstack
+    levels], split by vLLM at visual_dim; the selection reads the main columns only."""
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration, Qwen3_VisionTransformer
+
+    assert "[self.visual_dim, self.multiscale_dim]" in inspect.getsource(
+        Qwen3VLForConditionalGeneration._compute_deepstack_embeds
+    )
+    assert "torch.cat(\n            [hidden_states] + deepstack_feature_lists, dim=1" in inspect.getsource(
+        Qwen3_VisionTransformer.forward
+    )
 
 
 def test_runner_internals_the_mrope_hooks_rely_on():

@@ -1,4 +1,5 @@
-"""What every Qwen vision-language family shares for pruning (Qwen2-VL, Qwen2.5-VL).
+"""What every Qwen vision-language family shares for pruning (Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL, Qwen3-VL-MoE).
 
 Processor: an image is one uniform run of ``<|image_pad|>`` tokens, ``t * h * w /
 merge**2`` long (``image_grid_thw``, for pixels and precomputed embeddings alike); its
@@ -78,3 +79,19 @@ class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
         # a captured encoder graph would skip embed_multimodal, and so the pruning
         config = super().get_encoder_cudagraph_config()
         return dataclasses.replace(config, modalities=[m for m in config.modalities if m != "image"])
+
+
+class Qwen3PruningModelMixin(QwenPruningModelMixin):
+    """Mix in before a vLLM Qwen3-VL-based model class (Qwen3-VL, Qwen3-VL-MoE).
+
+    Its vision tower returns each token's main features with its *deepstack* levels
+    concatenated as extra columns (``visual_dim`` each), which vLLM splits off again in
+    ``_compute_deepstack_embeds`` and adds to the first LLM layers' hidden states. The
+    selection compares the main features only; a kept token keeps its deepstack
+    columns (the same rows), and our position columns go after all of them."""
+
+    def _zspa_embedding_width(self) -> int:
+        return self.visual_dim + self.multiscale_dim  # multiscale_dim is 0 without deepstack
+
+    def _zspa_selection_features(self, visual):
+        return visual[:, : self.visual_dim]
