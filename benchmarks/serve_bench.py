@@ -46,7 +46,10 @@ MODEL_CLASSES = {
     "llava-1.5": "LlavaForConditionalGeneration",
     "llava-next": "LlavaNextForConditionalGeneration",
     "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3-vl": "Qwen3VLForConditionalGeneration",
 }
+# tensor names of the real checkpoints (scripts/make_fixtures.py)
+RENAMES = {"qwen2.5-vl": "_qwen_rename", "qwen3-vl": "_qwen3_rename"}
 
 
 # --------------------------------------------------------------------------- the model
@@ -69,11 +72,11 @@ def build_model(family: str, hidden: int, layers: int, out: Path) -> Path:
     text.num_attention_heads = text.num_key_value_heads = hidden // 64
     if getattr(text, "layer_types", None):  # one entry per layer (Qwen2)
         text.layer_types = [text.layer_types[0]] * layers
-    if family == "qwen2.5-vl":
+    if hasattr(config.vision_config, "out_hidden_size"):  # Qwen: the merger outputs the LLM width
         config.vision_config.out_hidden_size = hidden
     torch.manual_seed(0)
     model = getattr(transformers, MODEL_CLASSES[family])(config).to(torch.float32).eval()
-    rename = make_fixtures._qwen_rename if family == "qwen2.5-vl" else make_fixtures._llava_rename
+    rename = getattr(make_fixtures, RENAMES.get(family, "_llava_rename"))
     make_fixtures._save_weights(model, out, rename)
     config.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
@@ -144,8 +147,10 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
     n = visual_tokens(family, *IMAGE_SIZE) if not args.model else None
     rows = [("stock vLLM", "stock", {}, IMAGE_SIZE)]
     rows += [(f"zspa keep_rate={r:g}", "zspa", {"keep_rate": r, "core_ratio": 0.2}, IMAGE_SIZE) for r in KEEP_RATES]
-    if family == "qwen2.5-vl" and n:  # an image that yields ~l tokens unpruned: LLM(l), encoder(l)
-        side = int((num_kept(n, 0.1) * 28 * 28) ** 0.5)
+    if family in RENAMES and n:  # Qwen: an image that yields ~l tokens unpruned: LLM(l), encoder(l)
+        processor = json.loads((fixture_path(family) / "processor_config.json").read_text())["image_processor"]
+        token_px = processor["patch_size"] * processor["merge_size"]  # 28 (Qwen2.5-VL), 32 (Qwen3-VL)
+        side = int((num_kept(n, 0.1) * token_px * token_px) ** 0.5)
         rows.append(("ideal: unpruned image of ~l(0.1) tokens", "zspa", {}, (side, side)))
     servers = {}
     try:

@@ -245,7 +245,9 @@ def test_same_request_twice_is_identical(engine):
     assert sel_a == sel_b or sel_b == []  # encoder cache may serve the second
     assert a.prompt_token_ids == b.prompt_token_ids
     assert a.outputs[0].token_ids == b.outputs[0].token_ids
-    assert logprobs_max_diff(a, b, steps=3) == 0.0
+    # the second prefills only past the cached blocks: the same math, summed in
+    # another order (observed 0 or 4.8e-7 depending on what ran before)
+    assert logprobs_max_diff(a, b, steps=3) <= LOGPROB_ATOL
     assert (b.num_cached_tokens or 0) > 0  # prefix caching is on and was hit
     # sensitive: the same comparison fails for another image
     c, _ = run(engine, req([(1024, 768, 11)], max_tokens=3), keep_rate=0.25)
@@ -275,7 +277,7 @@ def test_question_changes_selection_and_prefix_cache_is_per_question(engine, eng
         assert sel_off == sel_on
         assert out_off.prompt_token_ids == out_on.prompt_token_ids
         assert out_off.outputs[0].token_ids == out_on.outputs[0].token_ids
-        assert logprobs_max_diff(out_off, out_on, steps=3) == 0.0
+        assert logprobs_max_diff(out_off, out_on, steps=3) <= LOGPROB_ATOL
 
 
 # --------------------------------------------------------------------------- (f) scheduling
