@@ -9,13 +9,17 @@ One folder per architecture family, each loadable by vLLM 0.32 (CPU) and transfo
   qwen2-vl/     Qwen2VLForConditionalGeneration    (patch 14, merge 2, full attention, M-RoPE)
   qwen3-vl/     Qwen3VLForConditionalGeneration    (patch 16, merge 2, DeepStack, interleaved M-RoPE)
   qwen3-vl-moe/ Qwen3VLMoeForConditionalGeneration (as qwen3-vl, Qwen3-MoE LM with 4 experts, top-2)
+  qwen3.5/      Qwen3_5ForConditionalGeneration    (Qwen3-VL's vision side without DeepStack, hybrid
+                                                    Gated DeltaNet + full-attention LM, partial M-RoPE)
+  qwen3.5-moe/  Qwen3_5MoeForConditionalGeneration (as qwen3.5, MoE LM with 4 experts + shared expert)
 
 The geometry (image size, patch size, grid pinpoints, merge size, feature layer ...) is
 that of the real checkpoints; only the widths and depths are tiny. Weights are random,
 initialised by the transformers model's own ``__init__`` under a fixed torch seed, and
 written with the tensor names of the real hub checkpoints (llava-hf/llava-1.5-7b-hf,
 llava-hf/llava-v1.6-mistral-7b-hf, Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen2-VL-7B-Instruct,
-Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3-VL-30B-A3B-Instruct). These are NOT real models: their
+Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3-VL-30B-A3B-Instruct, Qwen/Qwen3.5-27B,
+Qwen/Qwen3.5-35B-A3B). These are NOT real models: their
 outputs are meaningless, but they depend on the image and the text.
 
 The tokenizers are byte-level BPE models trained here on the fixed corpus below (so any
@@ -180,6 +184,20 @@ QWEN3VL_CHAT_TEMPLATE = (
     + _QWEN_VL_GENERATION_PROMPT
 )
 
+# The Qwen3.5 template without its tool-calling parts: no default system prompt, the same
+# turns and vision placeholders, and thinking on by default: the generation prompt opens
+# a <think> block (enable_thinking=False renders an empty one).
+QWEN35_CHAT_TEMPLATE = (
+    _QWEN_VL_COUNTERS
+    + "{% for message in messages %}"
+    + _QWEN_VL_TURN
+    + "{% endfor %}"
+    + "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}"
+)
+QWEN35_ADDED = ("<think>", "</think>")  # plain added tokens, as in the real tokenizer
+
 # Real llava-v1.6 any-resolution grid.
 LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -258,7 +276,7 @@ def make_llava_tokenizer(chat_template: str):
     return fast
 
 
-def make_qwen_tokenizer(chat_template: str):
+def make_qwen_tokenizer(chat_template: str, extra_tokens: tuple[str, ...] = ()):
     from transformers import PreTrainedTokenizerFast
 
     tok = _train_bpe([])
@@ -272,6 +290,7 @@ def make_qwen_tokenizer(chat_template: str):
     # no BOS, eos <|im_end|>, pad <|endoftext|>.
     fast.add_special_tokens({"additional_special_tokens": QWEN_ADDED})
     fast.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    fast.add_tokens(list(extra_tokens))  # after the specials: image/video ids stay 888/889
     return fast
 
 
@@ -286,15 +305,17 @@ def _ids(tokenizer, tokens: list[str]) -> dict[str, int]:
 def _save_weights(model, out: Path, rename, convert=None) -> dict[str, tuple[int, ...]]:
     """Write model.safetensors with tensor names mapped by ``rename`` (transformers 5
     in-memory names -> real hub checkpoint names) and, where the hub layout differs from
-    the in-memory one, tensors mapped by ``convert(hub_name, tensor)``."""
+    the in-memory one, tensors mapped by ``convert(hub_name, tensor)`` (a tensor, or a
+    dict of hub names to tensors where the hub splits one)."""
     state = {}
     for name, tensor in model.state_dict().items():
         new = rename(name)
-        assert new not in state, new
         tensor = tensor.detach()
-        if convert is not None:
-            tensor = convert(new, tensor)
-        state[new] = tensor.to(torch.float32).contiguous().clone()
+        converted = convert(new, tensor) if convert is not None else tensor
+        # a dict: the hub stores this tensor as several (per-expert weights)
+        for hub_name, hub_tensor in (converted if isinstance(converted, dict) else {new: converted}).items():
+            assert hub_name not in state, hub_name
+            state[hub_name] = hub_tensor.to(torch.float32).contiguous().clone()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     return {k: tuple(v.shape) for k, v in sorted(state.items())}
 
@@ -671,7 +692,7 @@ def _qwen3_vision_config() -> dict:
     )
 
 
-def _qwen3_processor(processor_cls, tokenizer):
+def _qwen3_processor(processor_cls, tokenizer, chat_template: str = QWEN3VL_CHAT_TEMPLATE):
     """The real Qwen3-VL image and video processors (patch 16, mean/std 0.5), pixel bounds
     QWEN3_MIN_PIXELS / QWEN3_MAX_PIXELS and QWEN3_VIDEO_MIN_PIXELS / QWEN3_VIDEO_MAX_PIXELS."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
@@ -692,7 +713,7 @@ def _qwen3_processor(processor_cls, tokenizer):
             size={"shortest_edge": QWEN3_VIDEO_MIN_PIXELS, "longest_edge": QWEN3_VIDEO_MAX_PIXELS},
             **geometry,
         ),
-        chat_template=QWEN3VL_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
@@ -714,8 +735,8 @@ def _qwen3_notes(text_config: dict, llm: str) -> list[str]:
     ]
 
 
-def _qwen3_tokenizer_ids():
-    tokenizer = make_qwen_tokenizer(QWEN3VL_CHAT_TEMPLATE)
+def _qwen3_tokenizer_ids(chat_template: str = QWEN3VL_CHAT_TEMPLATE, extra_tokens: tuple[str, ...] = ()):
+    tokenizer = make_qwen_tokenizer(chat_template, extra_tokens)
     ids = _ids(tokenizer, QWEN_ADDED)
     # The same ids as the other Qwen fixtures.
     assert (ids["<|image_pad|>"], ids["<|video_pad|>"]) == (888, 889), ids
@@ -760,6 +781,136 @@ def build_qwen3vl_moe(out: Path) -> dict:
     return _write(
         out, Qwen3VLMoeForConditionalGeneration, config, processor, _qwen3_rename, ids, notes,
         convert=_qwen3_moe_experts_to_hub,
+    )
+
+
+def _qwen35_text_config(tokenizer, ids, **moe) -> dict:
+    """The hybrid LLM of the Qwen3.5 fixtures: a Gated DeltaNet (linear attention) layer,
+    then a gated full-attention layer (real: 3 linear per full one), partial interleaved
+    M-RoPE."""
+    head_dim = LLM["head_dim"]
+    # Real 27B / 35B-A3B: head_dim 256, rotary on its first quarter (64), mrope_section
+    # [11, 11, 10] (sum 32 = 64 / 2), interleaved.
+    rotary = head_dim // 4
+    mrope_section = [3, 3, 2]
+    assert sum(mrope_section) == rotary // 2
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={
+            "rope_type": "default",
+            # real 1e7 over 64 rotary dims; over 16, so high a base would leave the height
+            # and width channels nearly blind to position (their fastest pair would turn
+            # 0.13 and 0.018 rad per step), and the tests could not tell positions apart
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": mrope_section,
+            "mrope_interleaved": True,
+        },
+        layer_types=["linear_attention", "full_attention"],
+        # Gated DeltaNet: 2 key heads, 4 value heads (real 16 / 32 or 48; two ranks of
+        # tensor parallelism split them), head dims 64 (real 128; vLLM's CPU kernel takes
+        # 64 or 128), causal conv of width 4 (real)
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=64,
+        linear_value_head_dim=64,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        mamba_ssm_dtype="float32",  # as in the real config: the recurrent state in float32
+        attention_bias=False,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+        # 2 KV heads (real 4 of 24 or 32): the KV page per token then holds as much as a
+        # recurrent state per 256 tokens, so vLLM's KV blocks stay 256 tokens (with 1: 512)
+        **{**LLM, "num_key_value_heads": 2},
+        **moe,
+    )
+
+
+def _qwen35_vision_config() -> dict:
+    vision = _qwen3_vision_config()
+    del vision["deepstack_visual_indexes"]  # Qwen3.5's vision tower has no DeepStack
+    return vision
+
+
+def _qwen35_notes(text_config: dict, llm: str) -> list[str]:
+    return [
+        "ViT patch 16, temporal patch 2, spatial merge 2 (one token per 32x32 pixels), learned"
+        " 48x48 position grid (2304) resampled per image, 2D rotary, hidden 64, 2 blocks; no DeepStack.",
+        f"Images: shortest_edge {QWEN3_MIN_PIXELS} (real); longest_edge {QWEN3_MAX_PIXELS}"
+        f" (2048 tokens). Videos: shortest_edge {QWEN3_VIDEO_MIN_PIXELS}; longest_edge"
+        f" {QWEN3_VIDEO_MAX_PIXELS}.",
+        f"LLM: {llm}, hidden 128; layer 0 Gated DeltaNet (2 key heads, 4 value heads, head dims 64,"
+        " conv 4, recurrent state float32), layer 1 gated full attention (2 heads x 64, 2 KV heads,"
+        f" QK-norm); rotary on a quarter of each head, interleaved M-RoPE section"
+        f" {text_config['rope_parameters']['mrope_section']}, rope_theta"
+        f" {text_config['rope_parameters']['rope_theta']:.0f} (real 1e7 over 64 rotary dims);"
+        " no MTP layers.",
+        "Chat: Qwen3.5 template (no tools), no default system prompt, the generation prompt opens"
+        " a <think> block.",
+    ]
+
+
+def _qwen35_moe_experts_to_hub(name: str, tensor: torch.Tensor):
+    # Qwen/Qwen3.5-35B-A3B stores each expert on its own (mlp.experts.{e}.gate_proj / up_proj
+    # / down_proj), which transformers fuses on load (conversion_mapping "qwen3_5_moe_text"
+    # = qwen2_moe's) into gate_up_proj [E, 2I, H] (gate half first) and down_proj [E, H, I].
+    stem = name.rsplit(".", 1)[0]  # ...mlp.experts
+    if name.endswith(".mlp.experts.gate_up_proj"):
+        gate, up = tensor.chunk(2, dim=1)
+        return {
+            **{f"{stem}.{e}.gate_proj.weight": w for e, w in enumerate(gate)},
+            **{f"{stem}.{e}.up_proj.weight": w for e, w in enumerate(up)},
+        }
+    if name.endswith(".mlp.experts.down_proj"):
+        return {f"{stem}.{e}.down_proj.weight": w for e, w in enumerate(tensor)}
+    return tensor
+
+
+def build_qwen35(out: Path) -> dict:
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor
+
+    tokenizer, ids = _qwen3_tokenizer_ids(QWEN35_CHAT_TEMPLATE, QWEN35_ADDED)
+    text_config = _qwen35_text_config(tokenizer, ids)
+    config = Qwen3_5Config(
+        text_config=text_config, vision_config=_qwen35_vision_config(), **_qwen_token_config(ids)
+    )
+    config.architectures = ["Qwen3_5ForConditionalGeneration"]
+    notes = _qwen35_notes(text_config, f"Qwen3.5 (dense, intermediate {LLM['intermediate_size']})")
+    processor = _qwen3_processor(Qwen3VLProcessor, tokenizer, QWEN35_CHAT_TEMPLATE)
+    return _write(out, Qwen3_5ForConditionalGeneration, config, processor, _qwen3_rename, ids, notes)
+
+
+def build_qwen35_moe(out: Path) -> dict:
+    from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3VLProcessor
+
+    tokenizer, ids = _qwen3_tokenizer_ids(QWEN35_CHAT_TEMPLATE, QWEN35_ADDED)
+    moe = dict(
+        num_experts=QWEN3_MOE["num_experts"],
+        num_experts_per_tok=QWEN3_MOE["num_experts_per_tok"],
+        moe_intermediate_size=QWEN3_MOE["moe_intermediate_size"],
+        shared_expert_intermediate_size=QWEN3_MOE["moe_intermediate_size"],
+    )
+    text_config = _qwen35_text_config(tokenizer, ids, **moe)
+    text_config.pop("intermediate_size")  # every layer is sparse: no dense MLP
+    config = Qwen3_5MoeConfig(
+        text_config=text_config, vision_config=_qwen35_vision_config(), **_qwen_token_config(ids)
+    )
+    config.architectures = ["Qwen3_5MoeForConditionalGeneration"]
+    e, i = moe["num_experts"], moe["moe_intermediate_size"]
+    notes = _qwen35_notes(
+        text_config,
+        f"Qwen3.5-MoE ({e} experts of {i}, top-{moe['num_experts_per_tok']}, plus a gated shared"
+        f" expert of {i}; every layer sparse)",
+    )
+    notes.append("Experts stored one by one as in the hub checkpoint: mlp.experts.{e}.{gate,up,down}_proj.weight.")
+    processor = _qwen3_processor(Qwen3VLProcessor, tokenizer, QWEN35_CHAT_TEMPLATE)
+    return _write(
+        out, Qwen3_5MoeForConditionalGeneration, config, processor, _qwen3_rename, ids, notes,
+        convert=_qwen35_moe_experts_to_hub,
     )
 
 
@@ -821,6 +972,8 @@ BUILDERS = {
     "qwen2-vl": build_qwen2vl,
     "qwen3-vl": build_qwen3vl,
     "qwen3-vl-moe": build_qwen3vl_moe,
+    "qwen3.5": build_qwen35,
+    "qwen3.5-moe": build_qwen35_moe,
 }
 
 

@@ -15,6 +15,8 @@ MODEL_OVERRIDES = {
     "Qwen2VLForConditionalGeneration": "zspa_vllm.models.qwen2_vl:ZspaQwen2VLForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "zspa_vllm.models.qwen3_vl:ZspaQwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration": "zspa_vllm.models.qwen3_vl_moe:ZspaQwen3VLMoeForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration": "zspa_vllm.models.qwen3_5:ZspaQwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration": "zspa_vllm.models.qwen3_5_moe:ZspaQwen3_5MoeForConditionalGeneration",
 }
 
 _registered = False

@@ -23,7 +23,7 @@ import io
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Family:
     architecture: str
     image_token: str  # the placeholder the chat template emits once per image
     prompt_format: str  # the templated prompt for one image + question, {q} = question
+    engine: dict = field(default_factory=dict)  # engine settings this family needs (over ENGINE_KWARGS)
 
 
 QWEN_PROMPT = (
@@ -59,6 +60,10 @@ QWEN_PROMPT = (
 )
 # Qwen3-VL's template has no default system prompt
 QWEN3_PROMPT = QWEN_PROMPT.split("<|im_end|>\n", 1)[1]
+# Qwen3.5's generation prompt opens a <think> block
+QWEN35_PROMPT = QWEN3_PROMPT + "<think>\n"
+# vLLM 0.32's CPU kernel for Qwen3.5's Gated DeltaNet layers takes bfloat16 only
+HYBRID_ENGINE = dict(dtype="bfloat16")
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -79,9 +84,35 @@ FAMILIES: dict[str, Family] = {
         Family("qwen2-vl", "Qwen2VLForConditionalGeneration", "<|image_pad|>", QWEN_PROMPT),
         Family("qwen3-vl", "Qwen3VLForConditionalGeneration", "<|image_pad|>", QWEN3_PROMPT),
         Family("qwen3-vl-moe", "Qwen3VLMoeForConditionalGeneration", "<|image_pad|>", QWEN3_PROMPT),
+        Family("qwen3.5", "Qwen3_5ForConditionalGeneration", "<|image_pad|>", QWEN35_PROMPT, HYBRID_ENGINE),
+        Family("qwen3.5-moe", "Qwen3_5MoeForConditionalGeneration", "<|image_pad|>", QWEN35_PROMPT, HYBRID_ENGINE),
     )
 }
 QWEN_FAMILIES = [name for name in FAMILIES if name.startswith("qwen")]  # M-RoPE, flat pixel layout
+HYBRID_FAMILIES = [name for name in FAMILIES if FAMILIES[name].engine is HYBRID_ENGINE]  # linear + full attention
+
+
+# --------------------------------------------------------------------------- tolerances
+@dataclass(frozen=True)
+class Tolerance:
+    schedule: float  # the same request on another schedule, cache or parallelism
+    hf: float  # vLLM vs transformers in float32
+    steps: int  # generated positions compared
+
+
+FLOAT32 = Tolerance(schedule=1e-5, hf=1e-4, steps=3)  # observed: 0 and ~1e-6
+# The hybrid Qwen3.5 families run in bfloat16 (vLLM's CPU Gated DeltaNet kernel takes
+# nothing else). Rounding one logit near 1 to bfloat16 moves a logprob by ~4e-3: stock
+# vLLM's own chunked vs unchunked prefill differ by 3.9e-3, vLLM vs transformers by
+# ~5e-3 (observed). Near-ties can then flip a later greedy token: compare the first.
+BFLOAT16 = Tolerance(schedule=1e-2, hf=1.5e-2, steps=1)
+# bfloat16: a wrong answer (position rule, image) must land this many times farther from
+# vLLM than the right one (observed: 8-15x)
+SEPARATION = 3
+
+
+def tolerance(family: str) -> Tolerance:
+    return BFLOAT16 if FAMILIES[family].engine.get("dtype") == "bfloat16" else FLOAT32
 
 
 def fixture_path(family: str) -> Path:
@@ -124,12 +155,13 @@ def free_engine() -> None:
 
 
 def start_engine(family: str, **overrides: Any):
-    """Build ``vllm.LLM`` for a fixture with ENGINE_KWARGS (+ overrides), after freeing
-    any engine still alive. Returns (llm, startup_seconds)."""
+    """Build ``vllm.LLM`` for a fixture with ENGINE_KWARGS (+ the family's own settings,
+    + overrides), after freeing any engine still alive. Returns (llm, startup_seconds)."""
     free_engine()
     from vllm import LLM
 
-    kwargs = {**ENGINE_KWARGS, **overrides}
+    own = FAMILIES[family].engine if family in FAMILIES else {}
+    kwargs = {**ENGINE_KWARGS, **own, **overrides}
     model = kwargs.pop("model", None) or str(fixture_path(family))  # "model": another directory
     t0 = time.perf_counter()
     llm = LLM(model=model, **kwargs)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.engine import harness
-from tests.engine.harness import FAMILIES, QWEN_FAMILIES, fixture_path, model_class_of, sampling, vision_tower_calls, visual_tokens
+from tests.engine.harness import FAMILIES, HYBRID_FAMILIES, QWEN_FAMILIES, fixture_path, model_class_of, sampling, vision_tower_calls, visual_tokens
 from tests.fixtures.images import make_image
 from zspa_vllm import observe
 from zspa_vllm.params import ENCODER_CACHE_MIB_ENV
@@ -24,9 +24,11 @@ from zspa_vllm.prune import num_kept, select_tokens
 pytestmark = pytest.mark.engine
 
 KEEP = 0.25
-EXACT_ATOL = 1e-5  # same computation, other caches (float32)
 DIFF_MIN = 1e-3  # what a real difference moves some logprob by, at least
-SIZE = (1024, 768)  # n = 576 / 2340 / 999: the pruned image spans whole KV blocks
+SIZE = (1024, 768)  # n = 576 / 2340 / 999 / 768: the pruned image spans whole KV blocks
+# Qwen3.5 (hybrid): vLLM's KV blocks are 256 tokens there (see test_zspa_qwen.py), so the
+# turn-1 image is larger: n = 1200, 300 kept
+HYBRID_SIZE = (1280, 960)
 QUESTIONS = [
     "What is shown in this picture?",
     "What colour is the largest shape?",
@@ -44,6 +46,10 @@ _seeds = iter(range(20_000, 30_000))
 
 def fresh_image(size=SIZE):
     return make_image(*size, next(_seeds))
+
+
+def turn_one_image(family):
+    return fresh_image(HYBRID_SIZE if family in HYBRID_FAMILIES else SIZE)
 
 
 class Engines:
@@ -122,18 +128,21 @@ def sequence(out) -> list[int]:
     return list(out.prompt_token_ids) + list(out.outputs[0].token_ids)
 
 
-def same_output(a, b, steps=3) -> float:
+def same_output(a, b, family) -> float:
+    """The same conversation turn with and without caches answers alike (within the
+    family's tolerance: float32 1e-5, bfloat16 rounding for Qwen3.5)."""
+    tol = harness.tolerance(family)
     assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
-    assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
-    diff = harness.logprobs_max_diff(a, b, steps)
-    assert diff <= EXACT_ATOL, diff
+    assert list(a.outputs[0].token_ids)[: tol.steps] == list(b.outputs[0].token_ids)[: tol.steps]
+    diff = harness.logprobs_max_diff(a, b, tol.steps)
+    assert diff <= tol.schedule, diff
     return diff
 
 
 def three_turns(family):
     """One image in turn 1; the Qwen families also get a second image in turn 2."""
     second = [fresh_image((640, 480))] if family in QWEN_FAMILIES else []
-    return [(QUESTIONS[0], [fresh_image()]), (QUESTIONS[1], second), (QUESTIONS[2], [])]
+    return [(QUESTIONS[0], [turn_one_image(family)]), (QUESTIONS[1], second), (QUESTIONS[2], [])]
 
 
 # --------------------------------------------------------------------------- chat
@@ -169,12 +178,12 @@ def test_later_turns_reuse_the_prefix_cache_and_never_re_encode(engines):
     for turns, knobs, results in conversations:
         reference = run_conversation(engines.get("uncached"), family, turns, **knobs)
         for (out, _, _), (ref, _, _) in zip(results, reference):
-            same_output(out, ref)
+            same_output(out, ref, family)
 
 
 def test_last_turn_re_selects_for_the_newest_question_without_re_encoding(engines):
     family = engines.family
-    turns = [(QUESTIONS[0], [fresh_image()]), (QUESTIONS[1], []), (QUESTIONS[2], [])]
+    turns = [(QUESTIONS[0], [turn_one_image(family)]), (QUESTIONS[1], []), (QUESTIONS[2], [])]
     llm = engines.get("cached")
     block = llm.llm_engine.vllm_config.cache_config.block_size
     tokenizer = llm.get_tokenizer()
@@ -194,7 +203,7 @@ def test_last_turn_re_selects_for_the_newest_question_without_re_encoding(engine
     reference = run_conversation(engines.get("uncached"), family, turns, keep_rate=KEEP, query_scope="last_turn")
     for (out, selections, _), (ref, ref_selections, _) in zip(results, reference):
         assert [s.kept for s in selections] == [s.kept for s in ref_selections]
-        same_output(out, ref)
+        same_output(out, ref, family)
 
 
 def test_same_image_many_questions_encodes_once(engines):
@@ -232,7 +241,7 @@ def test_same_image_many_questions_encodes_once(engines):
     for question, out, kept in zip(QUESTIONS, outs, kept_sets):
         ref = chat(llm, [user(question, image)], keep_rate=KEEP)
         assert observe.RECENT[-1].kept == kept
-        diffs.append(same_output(out, ref))
+        diffs.append(same_output(out, ref, family))
         spread = max(spread, harness.logprobs_max_diff(outs[0], ref, 1) if question != QUESTIONS[0] else 0.0)
     assert vision_tower_calls(llm, family) - runs_before == len(QUESTIONS)  # no cache here
     assert spread > DIFF_MIN  # the comparison sees the question
@@ -259,7 +268,7 @@ def test_precomputed_embeddings_are_selected_like_pixels(engines):
     given, given_selections = generate(embeds, keep_rate=KEEP)
     assert [s.kept for s in given_selections] == [s.kept for s in pixel_selections]
     assert len(given_selections[0].kept) == num_kept(given_selections[0].num_visual, KEEP)
-    same_output(given, pixels)
+    same_output(given, pixels, family)
     # sensitivity: the same embeddings unpruned make a longer prompt and other logprobs
     unpruned, none = generate(embeds)
     assert not none and len(unpruned.prompt_token_ids) > len(given.prompt_token_ids)

@@ -5,7 +5,9 @@ The engines run in child processes (tensor parallelism needs worker processes; t
 their selections through ZSPA_SELECTION_LOG). The fixtures' vision towers have ONE
 attention head, which two ranks cannot split, so each family runs from a copy of its
 fixture with two vision heads of half the width: same weights, same shapes, another (but
-equally valid) model, used for both the TP=1 and the TP=2 run.
+equally valid) model, used for both the TP=1 and the TP=2 run. Qwen3.5 runs in bfloat16,
+where the split vision tower rounds otherwise: near-tied tokens may swap between TP=1 and
+TP=2 (the two TP=2 ranks still agree exactly).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 
 import pytest
 
-from tests.engine.harness import FAMILIES, fixture_path, visual_tokens
+from tests.engine.harness import FAMILIES, FLOAT32, fixture_path, tolerance, visual_tokens
 from tests.engine.stock_reference import child_outputs
 from zspa_vllm.encoder_cache import read_stats
 from zspa_vllm.prune import num_kept
@@ -80,8 +82,18 @@ def test_tp2_same_output_and_same_selection_on_every_rank(family, tmp_path):
     images = [(visual_tokens(family, w, h), r["knobs"]["keep_rate"]) for r in REQUESTS for w, h, _ in r["images"]]
     assert [(s["num_visual"], len(s["kept"])) for s in selections] == [(n, num_kept(n, rate)) for n, rate in images]
     assert len(logs_two) == 2  # two ranks, each selected
-    for rank_selections in logs_two.values():
-        assert rank_selections == selections
+    rank0, rank1 = logs_two.values()
+    assert rank0 == rank1  # the ranks agree: each hands the LLM the same rows
+    tol = tolerance(family)
+    if tol is FLOAT32:
+        assert rank0 == selections
+    else:
+        # bfloat16 (Qwen3.5): the vision tower split over two ranks rounds otherwise, so
+        # near-tied tokens may swap; the kept sets agree up to those
+        overlap = min(len(set(a["kept"]) & set(b["kept"])) / len(a["kept"]) for a, b in zip(rank0, selections, strict=True))
+        print(f"\n[tp] {family}: kept sets TP=2 vs TP=1 overlap at least {overlap:.2f}")
+        assert [s["num_visual"] for s in rank0] == [s["num_visual"] for s in selections]
+        assert overlap >= 0.9
     # every rank's encoder-output cache saw the same calls and evicted alike, as TP=1's did
     assert sorted(stats_two) == [("0", "0"), ("0", "1")]
     assert stats_two["0", "0"] == stats_two["0", "1"] == stats_one["0", "0"]
@@ -90,13 +102,16 @@ def test_tp2_same_output_and_same_selection_on_every_rank(family, tmp_path):
     assert stats.hits + stats.evictions >= 1  # it was used (images over the budget are never stored)
     print(f"\n[tp] {family}: encoder-output cache on each rank: {stats}")
 
+    # float32: within 1e-4 (the all-reduce sums in another order); Qwen3.5 (bfloat16): its
+    # first token within bfloat16 rounding
+    atol = 1e-4 if tol is FLOAT32 else tol.schedule
     worst = 0.0
     for a, b in zip(one, two, strict=True):
         assert a["prompt_token_ids"] == b["prompt_token_ids"]
-        assert a["token_ids"] == b["token_ids"]
-        for step_a, step_b in zip(a["logprobs"], b["logprobs"], strict=True):
+        assert a["token_ids"][: tol.steps] == b["token_ids"][: tol.steps]
+        for step_a, step_b in zip(a["logprobs"][: tol.steps], b["logprobs"][: tol.steps], strict=True):
             worst = max(worst, max(abs(step_a[t] - step_b[t]) for t in step_a))
     print(f"\n[tp] {family}: TP=2 vs TP=1 max |dlogprob| = {worst:.1e}")
-    assert worst < 1e-4
+    assert worst <= atol
     # sensitive: the two requests (other images, other budgets) answer differently
     assert one[0]["logprobs"][0] != one[1]["logprobs"][0]

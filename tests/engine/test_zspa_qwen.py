@@ -23,12 +23,18 @@ import torch
 
 from tests.engine import harness
 from tests.engine.harness import (
+    BFLOAT16,
     FAMILIES,
+    FLOAT32,
+    HYBRID_FAMILIES,
     QWEN_FAMILIES,
+    SEPARATION,
+    Tolerance,
     fixture_path,
     model_class_of,
     sampling,
     step_logprobs,
+    tolerance,
     visual_tokens,
 )
 from tests.engine.stock_reference import request_messages, stock_outputs
@@ -50,9 +56,10 @@ ENGINES = {
     "chunked": dict(enable_prefix_caching=True, enable_chunked_prefill=True, max_num_batched_tokens=CHUNK),
     "small-encoder-budget": dict(max_num_batched_tokens=ENCODER_BUDGET, max_num_seqs=32),
 }
-EXACT_ATOL = 1e-5  # same computation, other schedule / cache (float32)
-HF_ATOL = 1e-4  # vLLM vs transformers, float32 (observed ~1e-6)
+EXACT_ATOL = 1e-5  # the same computation (float32, or bfloat16 on the same schedule)
 DIFF_MIN = 1e-3  # what a real difference moves some logprob by, at least
+
+
 
 _seeds = iter(range(1000, 10_000))
 
@@ -124,9 +131,12 @@ def _step(x, s) -> dict[int, float]:
     return step_logprobs(x, s)
 
 
-def same_output(a, b, atol=EXACT_ATOL, steps=3) -> float:
+def same_output(a, b, tol: Tolerance = FLOAT32, exact: bool = False) -> float:
+    """``a`` and ``b`` answer alike: within ``tol.schedule`` (the same request run on
+    another schedule or cache), or EXACT_ATOL over 3 tokens with ``exact``."""
+    atol, steps = (EXACT_ATOL, 3) if exact else (tol.schedule, tol.steps)
     assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
-    assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+    assert list(a.outputs[0].token_ids)[:steps] == list(b.outputs[0].token_ids)[:steps]
     diff = max_diff(a, b, steps)
     assert diff <= atol, diff
     return diff
@@ -265,11 +275,27 @@ def test_other_question_other_kept_set_and_prefix_cache(engines):
             (selection,) = observe.RECENT
             kept_sets[image, q] = selection.kept
         # a repeat is served from the caches and answers alike
-        same_output(ask(llm, [image], questions[0], keep_rate=0.25), cached[image, questions[0]])
+        same_output(ask(llm, [image], questions[0], keep_rate=0.25), cached[image, questions[0]], tolerance(engines.family))
         assert not observe.RECENT
     for image in (image_a, image_b):
         assert kept_sets[image, QUESTION] != kept_sets[image, OTHER_QUESTION]
         assert max_diff(cached[image, QUESTION], cached[image, OTHER_QUESTION]) > DIFF_MIN
+
+    # A pruned prompt over several KV blocks, asked again, hits every whole block before
+    # its last token; the rest of the image is then filled mid-run from its encoder
+    # output. Qwen3.5 (hybrid): vLLM's "align" mode keeps the Gated DeltaNet state only
+    # at block boundaries, and blocks of >= 256 tokens, so its hit ends inside the image.
+    block = llm.llm_engine.vllm_config.cache_config.block_size
+    big = fresh(1024, 768)
+    first = ask(llm, [big], keep_rate=0.5)
+    again = ask(llm, [big], keep_rate=0.5)
+    other = ask(llm, [big], OTHER_QUESTION, keep_rate=0.5)
+    ((start, run),) = image_runs(first.prompt_token_ids)
+    hit = (len(first.prompt_token_ids) - 1) // block * block
+    assert start < hit and (hit < start + run or engines.family not in HYBRID_FAMILIES)
+    assert (first.num_cached_tokens, again.num_cached_tokens, other.num_cached_tokens) == (0, hit, 0)
+    print(f"[{engines.family}] block {block}: a repeat of a {len(first.prompt_token_ids)}-token pruned"
+          f" prompt (image at {start}..{start + run}) hit {hit} tokens")
 
     llm = engines.get("noprefix")
     assert not llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
@@ -277,7 +303,10 @@ def test_other_question_other_kept_set_and_prefix_cache(engines):
         for q in questions:
             out = ask(llm, [image], q, keep_rate=0.25)
             assert observe.RECENT[-1].kept == kept_sets[image, q]
-            same_output(out, cached[image, q])
+            same_output(out, cached[image, q], tolerance(engines.family))
+    uncached = ask(llm, [big], keep_rate=0.5)
+    same_output(first, uncached, tolerance(engines.family))
+    same_output(again, uncached, tolerance(engines.family))
 
 
 # --------------------------------------------------------------------------- chunked prefill
@@ -305,7 +334,7 @@ def test_chunked_prefill_same_as_unchunked(engines):
     for (images, rate), ref in zip(cases, whole):
         out = ask(llm, images, keep_rate=rate)
         assert len(out.prompt_token_ids) > 2 * CHUNK
-        same_output(out, ref)
+        same_output(out, ref, tolerance(engines.family))
 
 
 # --------------------------------------------------------------------------- M-RoPE
@@ -395,12 +424,15 @@ def test_positions_match_transformers(engines, hf, sizes, rate):
         f" (consecutive positions: {consecutive:.1e}, text after from width: {width:.1e}"
         + (f", deepstack zeroed: {without_deepstack:.1e})" if deepstack else ")")
     )
+    tol = tolerance(engines.family)
     assert int(logprobs("unpruned").argmax()) == out.outputs[0].token_ids[0]
-    assert unpruned < HF_ATOL
-    assert consecutive > DIFF_MIN  # the comparison sees positions
+    assert unpruned < tol.hf
+    # the comparison sees positions (bfloat16: well beyond its own noise)
+    wrong = max(DIFF_MIN, SEPARATION * unpruned) if tol is BFLOAT16 else DIFF_MIN
+    assert consecutive > wrong
     if any(gh > gw for gh, gw in grids):  # tall image: max(h, w) is not the width
-        assert width > DIFF_MIN
-    if engines.family.startswith("qwen3"):  # the deepstack levels of the kept rows reached the LLM
+        assert width > wrong
+    if engines.family.startswith("qwen3-vl"):  # the deepstack levels of the kept rows reached the LLM
         assert len(deepstack) == 2 and without_deepstack > DIFF_MIN
 
 
@@ -445,7 +477,7 @@ def test_video_is_not_pruned(engines, with_image):
         assert [s.num_visual for s in observe.RECENT] == [n]  # the image, not the video
     else:
         assert not observe.RECENT
-        same_output(pruned, full)
+        same_output(pruned, full, exact=True)
 
 
 def test_a_video_beside_an_image_keeps_stock_identity(engines):

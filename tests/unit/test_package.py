@@ -40,6 +40,8 @@ def test_register_is_reentrant_lazy_and_touches_only_our_architectures():
         "Qwen2VLForConditionalGeneration",
         "Qwen3VLForConditionalGeneration",
         "Qwen3VLMoeForConditionalGeneration",
+        "Qwen3_5ForConditionalGeneration",
+        "Qwen3_5MoeForConditionalGeneration",
     }
     assert imported == []  # nothing of ours is imported until vLLM resolves the model
 

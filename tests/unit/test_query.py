@@ -13,6 +13,8 @@ FAMILIES = {
     "qwen2-vl": CHATML_USER_TURN,
     "qwen3-vl": CHATML_USER_TURN,
     "qwen3-vl-moe": CHATML_USER_TURN,
+    "qwen3.5": CHATML_USER_TURN,
+    "qwen3.5-moe": CHATML_USER_TURN,
 }
 
 
@@ -69,6 +71,8 @@ def test_each_family_processor_uses_the_pattern_tested_here():
     from zspa_vllm.models.qwen2_vl import ZspaQwen2VLMultiModalProcessor
     from zspa_vllm.models.qwen3_vl import ZspaQwen3VLMultiModalProcessor
     from zspa_vllm.models.qwen3_vl_moe import ZspaQwen3VLMoeForConditionalGeneration
+    from zspa_vllm.models.qwen3_5 import ZspaQwen3_5ForConditionalGeneration
+    from zspa_vllm.models.qwen3_5_moe import ZspaQwen3_5MoeForConditionalGeneration
 
     processors = {
         "llava-1.5": ZspaLlavaMultiModalProcessor,
@@ -78,6 +82,8 @@ def test_each_family_processor_uses_the_pattern_tested_here():
         "qwen3-vl": ZspaQwen3VLMultiModalProcessor,
         # registered for the MoE model class
         "qwen3-vl-moe": ZspaQwen3VLMoeForConditionalGeneration._processor_factory.processor,
+        "qwen3.5": ZspaQwen3_5ForConditionalGeneration._processor_factory.processor,
+        "qwen3.5-moe": ZspaQwen3_5MoeForConditionalGeneration._processor_factory.processor,
     }
     assert {family: cls.QUERY_PATTERN for family, cls in processors.items()} == FAMILIES
 

@@ -61,6 +61,11 @@ HOOKS = {
     "vllm.model_executor.models.qwen3_vl:Qwen3VLProcessingInfo.get_hf_processor": "(self, **kwargs: object) -> transformers.models.qwen3_vl.processing_qwen3_vl.Qwen3VLProcessor",
     "vllm.model_executor.models.qwen3_vl:Qwen3VLMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, typing.Any], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
     "vllm.model_executor.models.qwen3_vl:Qwen3VLMultiModalProcessor._apply_hf_processor_main": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_kwargs: collections.abc.Mapping[str, object]) -> transformers.feature_extraction_utils.BatchFeature",
+    # Qwen3.5 / Qwen3.5-MoE (zspa_vllm/models/qwen3_5.py, qwen3_5_moe.py): merges the rows
+    # recompute_mrope_positions left at the LLM width, no deepstack split
+    "vllm.model_executor.models.qwen3_5:Qwen3_5ForConditionalGeneration.embed_input_ids": "(self, input_ids: torch.Tensor, multimodal_embeddings: list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...] | None = None, *, is_multimodal: torch.Tensor | None = None) -> torch.Tensor",
+    "vllm.model_executor.models.qwen3_5:Qwen3_5ProcessingInfo.get_hf_config": "(self)",
+    "vllm.model_executor.models.qwen3_5:Qwen3_5MoeProcessingInfo.get_hf_config": "(self)",
     "vllm.multimodal.processing.context:BaseProcessingInfo._merge_and_resolve_mm_processor_kwargs": "(self, mm_kwargs: collections.abc.Mapping[str, object]) -> dict[str, typing.Any]",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLProcessingInfo._merge_and_resolve_mm_processor_kwargs": "(self, mm_kwargs: collections.abc.Mapping[str, object]) -> dict[str, typing.Any]",
     # runner hooks that make the runners call recompute_mrope_positions for images
@@ -124,6 +129,19 @@ def test_qwen3_deepstack_layout_the_selection_relies_on():
     assert "torch.cat(\n            [hidden_states] + deepstack_feature_lists, dim=1" in inspect.getsource(
         Qwen3_VisionTransformer.forward
     )
+
+
+def test_qwen3_5_is_qwen3_vl_on_the_vision_side():
+    """zspa_vllm.models.qwen3_5 / qwen3_5_moe say only that they are Qwen3.5: the image
+    encoding, the M-RoPE position rule and the processor they prune are Qwen3-VL's own,
+    and their vision tower has no DeepStack levels (rows are the LLM inputs)."""
+    from vllm.model_executor.models import qwen3_5, qwen3_vl
+
+    for cls in (qwen3_5.Qwen3_5ForConditionalGeneration, qwen3_5.Qwen3_5MoeForConditionalGeneration):
+        for name in ("embed_multimodal", "get_mrope_input_positions", "recompute_mrope_positions", "_process_image_input"):
+            assert getattr(cls, name) is getattr(qwen3_vl.Qwen3VLForConditionalGeneration, name), (cls, name)
+        assert 'hasattr(config.vision_config, "deepstack_visual_indexes")' in inspect.getsource(cls.__init__)
+        assert cls.__dict__["_processor_factory"].processor is qwen3_vl.Qwen3VLMultiModalProcessor
 
 
 def test_runner_internals_the_mrope_hooks_rely_on():
