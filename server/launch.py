@@ -23,15 +23,20 @@ def free_port() -> int:
 class ServerProcess:
     """``zspa-serve ARGS --host 127.0.0.1 --port PORT``, its output in ``log_path``."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, *, stock: bool = False) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict | None = None, *, stock: bool = False, program: list[str] | None = None
+    ) -> None:
         """``stock``: vLLM's own ``serve`` with every plugin off (VLLM_PLUGINS=""), for
-        comparisons; ``args`` are then vllm serve's."""
+        comparisons; ``args`` are then vllm serve's. ``program``: another command to run
+        with ``args`` (``["vllm", "serve"]``, say)."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         if stock:
             env = {**(env or {}), "VLLM_PLUGINS": ""}
             program = [sys.executable, "-c", "import sys; from server.cli import run_vllm_serve; run_vllm_serve(sys.argv[1:])", "serve"]
+        elif program is not None:
+            pass
         else:
             program = [shutil.which("zspa-serve", path=str(Path(sys.executable).parent)) or "zspa-serve"]
         command = [*program, *args, "--host", "127.0.0.1", "--port", str(self.port)]

@@ -131,10 +131,10 @@ class PruningModelMixin:
             ids = torch.as_tensor(ids, dtype=torch.long, device=visual.device).reshape(-1)
             query = embed_tokens(ids) if ids.numel() else None
             # core / keep gives back exactly `core` in select_tokens' floor(r * l + 0.5)
-            kept = select_tokens(self._zspa_selection_features(visual), query, keep, core / keep, method=method)
-            observe.record(
-                observe.Selection(visual.shape[0], tuple(kept.tolist()), tuple(ids.tolist()), method, core)
-            )
+            # no value check: it is the selection's only wait for the device
+            features = self._zspa_selection_features(visual)
+            kept = select_tokens(features, query, keep, core / keep, method=method, check_values=False)
+            observe.record(observe.Selection(visual.shape[0], kept, ids, method, core))
             pruned.append(self._zspa_kept_rows(visual, kept, len(pruned)))
         return pruned
 

@@ -7,20 +7,44 @@ rank, say) also appends its selections to ``DIR/selections-<pid>.jsonl``.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import os
 from collections import deque
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
 class Selection:
-    num_visual: int  # tokens the vision encoder produced for the image
-    kept: tuple[int, ...]  # indices kept, ascending
-    query_ids: tuple[int, ...]
-    method: str
-    num_core: int
+    """One image's selection. The kept indices and query ids stay tensors (on the model's
+    device) until someone reads them, so recording never waits for the device."""
+
+    def __init__(self, num_visual: int, kept, query_ids, method: str, num_core: int) -> None:
+        self.num_visual = num_visual  # tokens the vision encoder produced for the image
+        self.method = method
+        self.num_core = num_core
+        self._kept, self._query_ids = kept, query_ids
+
+    @functools.cached_property
+    def kept(self) -> tuple[int, ...]:  # indices kept, ascending
+        return _ints(self._kept)
+
+    @functools.cached_property
+    def query_ids(self) -> tuple[int, ...]:
+        return _ints(self._query_ids)
+
+    def as_dict(self) -> dict:
+        names = ("num_visual", "kept", "query_ids", "method", "num_core")
+        return {name: getattr(self, name) for name in names}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Selection) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return f"Selection({self.as_dict()})"
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(values.tolist() if hasattr(values, "tolist") else values)
 
 
 @dataclass(frozen=True)
@@ -37,9 +61,9 @@ ENCODER_CALLS: deque[EncoderCall] = deque(maxlen=1024)
 def record(selection: Selection) -> None:
     RECENT.append(selection)
     log_dir = os.environ.get("ZSPA_SELECTION_LOG")
-    if log_dir:
+    if log_dir:  # reads the indices: waits for the device
         with open(os.path.join(log_dir, f"selections-{os.getpid()}.jsonl"), "a") as log:
-            log.write(json.dumps(dataclasses.asdict(selection)) + "\n")
+            log.write(json.dumps(selection.as_dict()) + "\n")
 
 
 def record_encoder_call(num_images: int, num_visual_tokens: int, batch_images: int) -> None:

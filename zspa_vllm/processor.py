@@ -150,7 +150,8 @@ class PruningProcessorMixin:
         if ZSPA_KWARG in hf_processor_mm_kwargs:
             from vllm.multimodal.inputs import MultiModalFieldConfig
 
-            config.update({name: MultiModalFieldConfig.batched("image") for name in FIELD_NAMES})
+            # metadata read on the host: kept there, so reading it never waits on the GPU
+            config.update({name: MultiModalFieldConfig.batched("image", keep_on_cpu=True) for name in FIELD_NAMES})
         return config
 
     def _zspa_num_image_tokens(self, width: int, height: int, mm_kwargs: Mapping[str, object]) -> int:

@@ -20,7 +20,8 @@ duplicates tie on every device even where the mat-vec rounds them differently.
 
 Cost: one n x d mat-vec per diversity pick, O(n * l * d); no n x n matrix is built,
 except that the DivPrune seed needs every token's nearest neighbour, O(n^2 * d) computed
-in row blocks of bounded memory.
+in row blocks of bounded memory. Nothing waits for the device (no host sync) except the
+NaN / infinity check, which ``check_values=False`` skips.
 """
 
 from __future__ import annotations
@@ -63,13 +64,18 @@ def select_tokens(
     *,
     method: str = "zspa",
     pooling: str = "mean",
+    check_values: bool = True,
 ) -> torch.LongTensor:
     """Indices (ascending, on ``visual``'s device) of the ``num_keep`` tokens to keep.
 
     visual: (n, d) projected visual tokens of one image.
     query:  (m, d) embeddings of the prompt's query tokens; None or m = 0 means no query.
+    check_values: refuse NaN / infinity in the inputs. That check is the selection's only
+    wait for the device; ``check_values=False`` selects without ever synchronising.
     """
-    order = selection_order(visual, query, num_keep, core_ratio, method=method, pooling=pooling)
+    order = selection_order(
+        visual, query, num_keep, core_ratio, method=method, pooling=pooling, check_values=check_values
+    )
     return torch.sort(order).values
 
 
@@ -81,10 +87,11 @@ def selection_order(
     *,
     method: str = "zspa",
     pooling: str = "mean",
+    check_values: bool = True,
 ) -> torch.LongTensor:
     """Like ``select_tokens`` but in the order the tokens were chosen: the core (by
     descending relevance, ties by index), then each diversity pick in turn."""
-    _check_inputs(visual, query, num_keep, core_ratio, method, pooling)
+    _check_inputs(visual, query, num_keep, core_ratio, method, pooling, check_values)
     unit = _unit_rows(visual)
     if query is None or query.shape[0] == 0:
         method = "divprune"
@@ -120,13 +127,15 @@ def _greedy_max_min(unit: torch.Tensor, chosen: torch.Tensor, num_keep: int) -> 
         return order
     # max cosine of every row to the chosen set; chosen rows are +inf so never re-picked
     max_sim = torch.amax(unit @ unit[chosen].T, dim=1)
-    max_sim[chosen] = math.inf
+    max_sim.index_fill_(0, chosen, math.inf)
     for i in range(chosen.numel(), num_keep):
-        pick = _first_extreme(max_sim, largest=False)
-        order[i] = pick
+        # a 1-element index tensor, never a 0-d one: indexing with a 0-d tensor reads
+        # its value on the host (a device sync per pick)
+        pick = _first_extreme(max_sim, largest=False).reshape(1)
+        order[i : i + 1] = pick
         if i + 1 < num_keep:
-            torch.maximum(max_sim, unit @ unit[pick], out=max_sim)
-            max_sim[pick] = math.inf
+            torch.maximum(max_sim, (unit @ unit[pick].T).squeeze(1), out=max_sim)
+            max_sim.index_fill_(0, pick, math.inf)
     return order
 
 
@@ -154,7 +163,8 @@ def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     still_needed = k - surely_in.sum()
     # the lowest-index tied tokens fill the remaining places
     take = surely_in | (tied & (torch.cumsum(tied, dim=0) <= still_needed))
-    members = torch.nonzero(take).squeeze(1)
+    # the k members in index order (a stable sort, not nonzero(): no host sync)
+    members = torch.sort(take.to(torch.uint8), descending=True, stable=True).indices[:k]
     # order the members by (score descending, index ascending), treating ties as equal
     member_scores = scores[members]
     rank_key = torch.where(tied[members], kth, member_scores)
@@ -184,7 +194,7 @@ def _check_real(name: str, value) -> float:
     return value
 
 
-def _check_inputs(visual, query, num_keep, core_ratio, method, pooling) -> None:
+def _check_inputs(visual, query, num_keep, core_ratio, method, pooling, check_values=True) -> None:
     if not isinstance(visual, torch.Tensor) or visual.dim() != 2:
         shape = tuple(visual.shape) if isinstance(visual, torch.Tensor) else type(visual).__name__
         raise ValueError(f"visual must be a 2-D (n, d) tensor, got {shape}")
@@ -204,9 +214,9 @@ def _check_inputs(visual, query, num_keep, core_ratio, method, pooling) -> None:
             )
         if not query.is_floating_point():
             raise ValueError(f"query must be a floating tensor, got dtype {query.dtype}")
-        if query.numel() and not bool(torch.isfinite(query).all()):
+        if check_values and query.numel() and not bool(torch.isfinite(query).all()):
             raise ValueError("query contains NaN or infinity")
-    if not bool(torch.isfinite(visual).all()):
+    if check_values and not bool(torch.isfinite(visual).all()):
         raise ValueError("visual contains NaN or infinity")
     if isinstance(num_keep, bool) or not isinstance(num_keep, int):
         raise ValueError(f"num_keep must be an int, got {num_keep!r}")

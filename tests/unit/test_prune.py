@@ -327,6 +327,36 @@ def test_one_matvec_per_diversity_pick_and_no_python_loop_over_n():
     assert len(matvecs) == 1 + 1 + (20 - k - 1)
 
 
+# aten ops whose result the host must wait for on a GPU: a scalar read (item(), bool(),
+# int()) or an output whose size depends on the data
+HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "is_nonzero"}
+
+
+def _sync_ops(check_values: bool, method: str, core_ratio: float) -> list[str]:
+    visual, query = _case(n=300, d=16)
+    with _OpLog() as log:
+        select_tokens(visual, query, 30, core_ratio, method=method, check_values=check_values)
+    return [op.__name__.split(".")[0] for op in log.ops if op.__name__.split(".")[0] in HOST_SYNC_OPS]
+
+
+@pytest.mark.parametrize("method, core_ratio", [("zspa", 0.2), ("zspa", 0.0), ("relevance", 1.0), ("divprune", 0.2)])
+def test_selection_never_waits_for_the_device(method, core_ratio):
+    """What the engine runs (check_values=False) reads no scalar and makes no
+    data-sized tensor anywhere, in the greedy loop or around it; the value check does."""
+    assert _sync_ops(False, method, core_ratio) == []
+    assert "_local_scalar_dense" in _sync_ops(True, method, core_ratio)
+
+
+def test_without_the_value_check_the_selection_is_the_same():
+    for seed in range(5):
+        visual, query = _case(n=200, d=24, seed=seed)
+        for method in METHODS:
+            assert torch.equal(
+                select_tokens(visual, query, 20, 0.3, method=method, check_values=False),
+                select_tokens(visual, query, 20, 0.3, method=method),
+            )
+
+
 def test_prune_does_not_import_vllm():
     code = "import sys, zspa_vllm.prune; sys.exit('vllm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

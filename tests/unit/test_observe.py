@@ -1,0 +1,47 @@
+"""zspa_vllm.observe: recording a selection never reads its tensors (on a GPU that
+would wait for the device once per image); reading or logging it does."""
+
+import json
+
+import torch
+
+from zspa_vllm import observe
+
+
+class CountingTensor:
+    """Stands in for a device tensor: counts host reads."""
+
+    def __init__(self, values):
+        self.values, self.reads = values, 0
+
+    def tolist(self):
+        self.reads += 1
+        return list(self.values)
+
+
+def test_recording_reads_nothing_until_someone_reads(monkeypatch):
+    monkeypatch.delenv("ZSPA_SELECTION_LOG", raising=False)
+    kept, ids = CountingTensor([3, 5, 8]), CountingTensor([11, 12])
+    observe.clear()
+    observe.record(observe.Selection(10, kept, ids, "zspa", 1))
+    assert (kept.reads, ids.reads) == (0, 0)
+    (selection,) = observe.RECENT
+    assert selection.kept == (3, 5, 8) and selection.query_ids == (11, 12)
+    assert selection.kept == (3, 5, 8)
+    assert (kept.reads, ids.reads) == (1, 1)  # read once, then remembered
+    observe.clear()
+
+
+def test_the_selection_log_reads_and_writes_every_field(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZSPA_SELECTION_LOG", str(tmp_path))
+    observe.record(observe.Selection(10, torch.tensor([1, 4]), torch.tensor([7]), "relevance", 2))
+    (log,) = tmp_path.glob("selections-*.jsonl")
+    (line,) = log.read_text().splitlines()
+    assert json.loads(line) == {"num_visual": 10, "kept": [1, 4], "query_ids": [7], "method": "relevance", "num_core": 2}
+    observe.clear()
+
+
+def test_selections_compare_by_content():
+    a = observe.Selection(10, torch.tensor([1, 4]), torch.tensor([7]), "zspa", 1)
+    assert a == observe.Selection(10, (1, 4), (7,), "zspa", 1)
+    assert a != observe.Selection(10, (1, 5), (7,), "zspa", 1)
