@@ -795,9 +795,9 @@ def _qwen35_text_config(tokenizer, ids, **moe) -> dict:
     mrope_section = [3, 3, 2]
     assert sum(mrope_section) == rotary // 2
     config["rope_parameters"].update(
-        # real 1e7 over 64 rotary dims; over 16, so high a base would leave the height
-        # and width channels nearly blind to position (their fastest pair would turn
-        # 0.13 and 0.018 rad per step), and the tests could not tell positions apart
+        # real 1e7 over 64 rotary dims; over 16, so high a base leaves the height and
+        # width channels little to see position with (their fastest pair turns 0.13 and
+        # 0.018 rad per step; with 1e4, 0.32 and 0.1)
         rope_theta=10000.0,
         partial_rotary_factor=0.25,
         mrope_section=mrope_section,
