@@ -35,9 +35,7 @@ class ServerProcess:
         if stock:
             env = {**(env or {}), "VLLM_PLUGINS": ""}
             program = [sys.executable, "-c", "import sys; from server.cli import run_vllm_serve; run_vllm_serve(sys.argv[1:])", "serve"]
-        elif program is not None:
-            pass
-        else:
+        elif program is None:
             program = [shutil.which("zspa-serve", path=str(Path(sys.executable).parent)) or "zspa-serve"]
         command = [*program, *args, "--host", "127.0.0.1", "--port", str(self.port)]
         self._log = open(log_path, "w")
