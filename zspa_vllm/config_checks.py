@@ -32,8 +32,8 @@ def refusal(vllm_config) -> str | None:
         if mm_config is not None and mm_config.is_multimodal_pruning_enabled():
             return (
                 f"zspa-vllm cannot serve {arch} with video_pruning_rate={mm_config.video_pruning_rate}: "
-                "vLLM's video pruning (EVS) and zspa's image pruning both write position channels "
-                f"into the same embeddings; unset video_pruning_rate, {_DISABLE}"
+                "vLLM's video pruning (EVS) and zspa's pruning both write position channels "
+                f"into the same embeddings and would both prune one video; unset video_pruning_rate, {_DISABLE}"
             )
     lora_config = vllm_config.lora_config
     if lora_config is not None and lora_config.enable_tower_connector_lora:

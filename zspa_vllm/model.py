@@ -1,16 +1,16 @@
 """The worker half of the plugin: a mixin for vLLM multimodal model classes.
 
-``embed_multimodal`` gets, for each image that carries our per-image fields, its
-unpruned projected tokens: from the encoder-output cache (``zspa_vllm.encoder_cache``)
-when the same image was encoded before, else from the vision encoder and projector (the
-parent class), or as given for precomputed embeddings. It then embeds the image's query
-ids with the LLM's input embedding table, selects with ``zspa_vllm.prune`` and returns
-the kept rows.
+``embed_multimodal`` gets, for each item (image, or video where the family prunes videos)
+that carries our per-item fields, its unpruned projected tokens: from the encoder-output
+cache (``zspa_vllm.encoder_cache``) when the same item was encoded before, else from the
+vision encoder and projector (the parent class), or as given for precomputed embeddings.
+It then embeds the item's query ids with the LLM's input embedding table, selects with
+``zspa_vllm.prune`` and returns the kept rows. vLLM calls it once per modality.
 
 vLLM's scheduler charges the encoder budget with each image's placeholder count, which
 pruning shrinks, while the vision encoder still sees every patch: at keep_rate 0.1 it
 would hand ~10x more images to one encoder call than the budget was sized for. So the
-images of a call are encoded in groups whose UNPRUNED token count fits the budget.
+items of a call are encoded in groups whose UNPRUNED token count fits the budget.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from zspa_vllm import observe
 from zspa_vllm.encoder_cache import EncoderOutputCache, stats_file
 from zspa_vllm.params import encoder_cache_bytes
-from zspa_vllm.processor import FIELD_NAMES
+from zspa_vllm.processor import MODALITIES, field_names
 from zspa_vllm.prune import METHODS, select_tokens
 
 
@@ -60,23 +60,28 @@ class PruningModelMixin:
         self._zspa_cache.publish()  # the counters exist (at zero) from the start
 
     def embed_multimodal(self, **kwargs):
-        fields = {name: kwargs.pop(name, None) for name in FIELD_NAMES}
-        if fields["zspa_num_keep"] is None:
+        by_modality = {m: {f: kwargs.pop(name, None) for f, name in field_names(m).items()} for m in MODALITIES}
+        pruned = [m for m, fields in by_modality.items() if fields["num_keep"] is not None]
+        if not pruned:
             return super().embed_multimodal(**kwargs)  # keeps every token: stock behaviour
-        num_visual = [int(n) for n in _per_item(fields["zspa_num_visual"], 0)]
-        if "image_embeds" in kwargs:  # precomputed: nothing to encode, select on them
+        if len(pruned) > 1:
+            raise RuntimeError(f"zspa-vllm: one embed_multimodal call got pruned items of {pruned}")
+        (modality,) = pruned
+        fields = by_modality[modality]
+        num_visual = [int(n) for n in _per_item(fields["num_visual"], 0)]
+        if f"{modality}_embeds" in kwargs:  # precomputed: nothing to encode, select on them
             embeddings = list(super().embed_multimodal(**kwargs))
         else:
-            keys = [bytes(key.tolist()) for key in _per_item(fields["zspa_image_key"], len(num_visual))]
+            keys = [bytes(key.tolist()) for key in _per_item(fields["content_key"], len(num_visual))]
             embeddings = self._zspa_encode(kwargs, num_visual, keys)
         for visual, n in zip(embeddings, num_visual):
             if visual.shape[0] != n:
-                raise RuntimeError(f"zspa-vllm: an image of {n} tokens came back with {visual.shape[0]} rows")
-        return self._zspa_prune(embeddings, fields)
+                raise RuntimeError(f"zspa-vllm: a {modality} item of {n} tokens came back with {visual.shape[0]} rows")
+        return self._zspa_prune(embeddings, fields, modality)
 
     def _zspa_encode(self, kwargs, num_visual: list[int], keys: list[bytes]) -> list[torch.Tensor]:
-        """Each image's unpruned tokens: cached ones from the cache, the others (each
-        distinct image once) through the vision encoder in budget-sized groups."""
+        """Each item's unpruned tokens: cached ones from the cache, the others (each
+        distinct item once) through the vision encoder in budget-sized groups."""
         count = len(keys)
         found: dict[bytes, torch.Tensor] = {}
         todo: list[int] = []  # first index of each image to encode
@@ -91,7 +96,7 @@ class PruningModelMixin:
         if not todo:
             groups = []
         elif self._zspa_select_inputs(kwargs, todo, count) is None:
-            todo = list(range(count))  # inputs not laid out per image: encode them all at once
+            todo = list(range(count))  # inputs not laid out per item: encode them all at once
             groups = [(0, count)]
         else:
             groups = encoder_groups([num_visual[i] for i in todo], self._zspa_encoder_budget or sum(num_visual))
@@ -106,9 +111,9 @@ class PruningModelMixin:
         return [found[key] for key in keys]
 
     def _zspa_select_inputs(self, kwargs, indices: list[int], count: int) -> dict | None:
-        """The encoder inputs of images ``indices`` of a batch of ``count``, or None if
-        the inputs are not laid out one entry per image. Default: every input holds one
-        entry (tensor row or list element) per image."""
+        """The encoder inputs of items ``indices`` of a batch of ``count``, or None if
+        the inputs are not laid out one entry per item. Default: every input holds one
+        entry (tensor row or list element) per item."""
         if indices == list(range(count)):
             return kwargs
         if not all(len(value) == count for value in kwargs.values()):
@@ -118,12 +123,12 @@ class PruningModelMixin:
             for key, value in kwargs.items()
         }
 
-    def _zspa_prune(self, embeddings: list[torch.Tensor], fields) -> list[torch.Tensor]:
+    def _zspa_prune(self, embeddings: list[torch.Tensor], fields, modality: str) -> list[torch.Tensor]:
         count = len(embeddings)
-        query_ids = _per_item(fields["zspa_query_ids"], count)
-        num_keep = _per_item(fields["zspa_num_keep"], count)
-        num_core = _per_item(fields["zspa_num_core"], count)
-        methods = _per_item(fields["zspa_method"], count)
+        query_ids = _per_item(fields["query_ids"], count)
+        num_keep = _per_item(fields["num_keep"], count)
+        num_core = _per_item(fields["num_core"], count)
+        methods = _per_item(fields["method"], count)
         embed_tokens = self.get_language_model().embed_input_ids
         pruned = []
         for visual, ids, keep, core, method in zip(embeddings, query_ids, num_keep, num_core, methods):
@@ -134,16 +139,16 @@ class PruningModelMixin:
             # no value check: it is the selection's only wait for the device
             features = self._zspa_selection_features(visual)
             kept = select_tokens(features, query, keep, core / keep, method=method, check_values=False)
-            observe.record(observe.Selection(visual.shape[0], kept, ids, method, core))
-            pruned.append(self._zspa_kept_rows(visual, kept, len(pruned)))
+            observe.record(observe.Selection(visual.shape[0], kept, ids, method, core, modality))
+            pruned.append(self._zspa_kept_rows(visual, kept, modality, len(pruned)))
         return pruned
 
     def _zspa_selection_features(self, visual: torch.Tensor) -> torch.Tensor:
-        """The columns of an image's rows that selection compares with the query (and
+        """The columns of an item's rows that selection compares with the query (and
         with each other). Families whose rows carry more than the LLM input override it."""
         return visual
 
-    def _zspa_kept_rows(self, visual: torch.Tensor, kept: torch.Tensor, item: int) -> torch.Tensor:
-        """What replaces image ``item`` (of this call) in the prefill: its kept rows.
+    def _zspa_kept_rows(self, visual: torch.Tensor, kept: torch.Tensor, modality: str, item: int) -> torch.Tensor:
+        """What replaces item ``item`` (of this call) in the prefill: its kept rows.
         M-RoPE families override this to append the kept tokens' grid positions."""
         return visual[kept]

@@ -1,8 +1,9 @@
-"""Pruned images under M-RoPE (the Qwen families): kept tokens keep their positions.
+"""Pruned images and videos under M-RoPE (the Qwen families): kept tokens keep their
+positions.
 
-A kept visual token keeps the (t, h, w) position it has in the unpruned image, and the
-text after an image continues from max(unpruned grid positions) + 1, exactly as if
-nothing had been pruned. This reuses vLLM's Efficient-Video-Sampling plumbing
+A kept visual token keeps the (t, h, w) position it has in the unpruned image or video
+(a video's t with its family's temporal scaling), and the text after it continues from
+max(unpruned grid positions) + 1, exactly as if nothing had been pruned. This reuses vLLM's Efficient-Video-Sampling plumbing
 (``SupportsMultiModalPruning``): the kept rows carry their grid coordinates as
 ``POS_CHANNELS`` extra embedding columns, which live in the encoder cache with the rows
 (so they survive chunked prefill and cache hits), and the model runner calls
@@ -10,9 +11,9 @@ nothing had been pruned. This reuses vLLM's Efficient-Video-Sampling plumbing
 written into the request's positions. Two hooks of ours differ from vLLM's EVS:
 
 - ``get_mrope_input_positions`` runs the family's own rule on the prompt as it would
-  be unpruned, so text (and videos) keep their unpruned positions, and gives each
-  pruned placeholder its image's base position in every channel;
-- ``recompute_mrope_positions`` only adds each kept token's (h, w) offset to its base.
+  be unpruned, so text (and unpruned media) keep their unpruned positions, and gives
+  each pruned placeholder its item's base position in every channel;
+- ``recompute_mrope_positions`` only adds each kept token's (t, h, w) offset to its base.
   It never moves text tokens, so it is idempotent and independent of where chunks
   start or how many media share one chunk. (vLLM's ``evs.recompute_mrope_positions``
   mis-maps media at chunk boundaries and after a first media item in a chunk, vLLM
@@ -32,27 +33,28 @@ import torch
 
 from zspa_vllm.runner_hooks import install_runner_hooks
 
-# Extra embedding columns on a pruned image's kept rows: (h // 256, h % 256, w // 256,
-# w % 256) of the token's merged-grid cell; every value is an integer < 256, so exact
-# even in bfloat16. (An image's t coordinate is always 0.)
-POS_CHANNELS = 4
+# Extra embedding columns on a pruned item's kept rows: (t // 256, t % 256, h // 256,
+# h % 256, w // 256, w % 256) of the token's position offset from its item's base;
+# every value is an integer < 256, so exact even in bfloat16. (t is 0 for an image.)
+POS_CHANNELS = 6
 _RADIX = 256
 
 
 def _unpruned_length(feature, merge: int) -> int | None:
-    """A pruned image's unpruned token count (its run is shorter than its grid), else
+    """A pruned item's unpruned token count (its run is shorter than its grid), else
     None. Read from the grid, which vLLM keeps in the feature even where it drops the
-    rest of an item's data (an image wholly served from the prefix cache)."""
-    if feature.modality != "image" or feature.data is None or "image_grid_thw" not in feature.data:
+    rest of an item's data (an item wholly served from the prefix cache)."""
+    grid_key = f"{feature.modality}_grid_thw"
+    if feature.data is None or grid_key not in feature.data:
         return None
-    num_visual = int(feature.data["image_grid_thw"].data.prod()) // merge**2
+    num_visual = int(feature.data[grid_key].data.prod()) // merge**2
     return num_visual if feature.mm_position.length < num_visual else None
 
 
 class PrunedMropeMixin:
     """Mix in before ``zspa_vllm.model.PruningModelMixin`` on a vLLM M-RoPE model whose
-    image inputs carry ``image_grid_thw`` and whose image placeholder run is one token
-    per merged-grid cell (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."""
+    inputs carry ``image_grid_thw`` (and ``video_grid_thw``) and whose placeholder run is
+    one token per merged-grid cell (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."""
 
     # Read by the runner hooks: this model needs recompute_mrope_positions called.
     zspa_prunes_images = True
@@ -67,19 +69,35 @@ class PrunedMropeMixin:
         return self.config.text_config.hidden_size
 
     def embed_multimodal(self, **kwargs):
-        # the image grids of this call, for _zspa_kept_rows (the worker is single-threaded)
-        self._zspa_grids = kwargs.get("image_grid_thw")
+        # the grids (and a video's seconds per grid step) of this call, for
+        # _zspa_kept_rows (the worker is single-threaded)
+        self._zspa_call = {k: kwargs.get(k) for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
         try:
             return super().embed_multimodal(**kwargs)
         finally:
-            self._zspa_grids = None
+            self._zspa_call = None
 
-    def _zspa_kept_rows(self, visual, kept, item):
-        t, h, w = (int(x) for x in self._zspa_grids[item])
-        grid_w = w // self.visual.spatial_merge_size
-        rows, cols = kept // grid_w, kept % grid_w  # tokens are in (t, h, w) row-major order
-        channels = torch.stack([rows // _RADIX, rows % _RADIX, cols // _RADIX, cols % _RADIX], dim=1)
+    def _zspa_kept_rows(self, visual, kept, modality, item):
+        t, h, w = (int(x) for x in self._zspa_call[f"{modality}_grid_thw"][item])
+        merge = self.config.vision_config.spatial_merge_size
+        frame_size, grid_w = (h // merge) * (w // merge), w // merge
+        # tokens are in (t, h, w) row-major order
+        frames, rows, cols = kept // frame_size, kept % frame_size // grid_w, kept % grid_w
+        times = self._zspa_frame_positions(frames, modality, item)
+        offsets = torch.stack([times, rows, cols], dim=1)
+        channels = torch.stack([offsets // _RADIX, offsets % _RADIX], dim=2).reshape(-1, POS_CHANNELS)
         return torch.cat([visual[kept], channels.to(device=visual.device, dtype=visual.dtype)], dim=1)
+
+    def _zspa_frame_positions(self, frames: torch.Tensor, modality: str, item: int) -> torch.Tensor:
+        """The t position offsets of grid steps ``frames``: vLLM's rule for Qwen2-VL and
+        Qwen2.5-VL (``iter_mm_grid_thw``): ``int(step * seconds_per_step *
+        tokens_per_second)`` in float64, both factors 1 where the model has none."""
+        if modality != "video":
+            return frames
+        seconds = self._zspa_call.get("second_per_grid_ts")
+        factor = float(seconds[item]) if seconds is not None else 1.0
+        factor *= getattr(self.config.vision_config, "tokens_per_second", 1.0)
+        return frames if factor == 1.0 else (frames.double() * factor).long()
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         merge = self.config.vision_config.spatial_merge_size
@@ -131,10 +149,10 @@ class PrunedMropeMixin:
             for i, mm in enumerate(embeddings):
                 if mm.shape[-1] == width + POS_CHANNELS:
                     where = slots[cursor : cursor + mm.shape[0]]
-                    cell = mm[:, width:].round().long().to(device)
-                    base = positions[0, where]  # the image's base: t offset is 0 for images
-                    positions[1, where] = base + cell[:, 0] * _RADIX + cell[:, 1]
-                    positions[2, where] = base + cell[:, 2] * _RADIX + cell[:, 3]
+                    digits = mm[:, width:].round().long().to(device).view(-1, 3, 2)
+                    offsets = digits[:, :, 0] * _RADIX + digits[:, :, 1]  # (t, h, w) per row
+                    base = positions[0, where]  # every channel of a pruned run holds its base
+                    positions[:, where] = base + offsets.T
                     embeddings[i] = mm[:, :width]
                 cursor += mm.shape[0]
         delta = int(positions.max()) + 1 - num_tokens if positions.numel() else -num_tokens

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 
 class Selection:
-    """One image's selection. The kept indices and query ids stay tensors (on the model's
-    device) until someone reads them, so recording never waits for the device."""
+    """One image's (or video's) selection. The kept indices and query ids stay tensors (on
+    the model's device) until someone reads them, so recording never waits for the device."""
 
-    def __init__(self, num_visual: int, kept, query_ids, method: str, num_core: int) -> None:
-        self.num_visual = num_visual  # tokens the vision encoder produced for the image
+    def __init__(self, num_visual: int, kept, query_ids, method: str, num_core: int, modality: str = "image") -> None:
+        self.num_visual = num_visual  # tokens the vision encoder produced for the item
         self.method = method
         self.num_core = num_core
+        self.modality = modality
         self._kept, self._query_ids = kept, query_ids
 
     @functools.cached_property
@@ -33,7 +34,7 @@ class Selection:
         return _ints(self._query_ids)
 
     def as_dict(self) -> dict:
-        names = ("num_visual", "kept", "query_ids", "method", "num_core")
+        names = ("modality", "num_visual", "kept", "query_ids", "method", "num_core")
         return {name: getattr(self, name) for name in names}
 
     def __eq__(self, other) -> bool:
@@ -49,9 +50,9 @@ def _ints(values) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class EncoderCall:
-    num_images: int  # encoded together in one vision-encoder call
+    num_images: int  # items (images or videos) encoded together in one vision-encoder call
     num_visual_tokens: int  # their unpruned tokens: what the vision encoder processed
-    batch_images: int  # images vLLM handed to this embed_multimodal call
+    batch_images: int  # items vLLM handed to this embed_multimodal call
 
 
 RECENT: deque[Selection] = deque(maxlen=1024)

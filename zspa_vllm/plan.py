@@ -1,11 +1,12 @@
 """What the processor decides for one pruned prompt, and hands on through vLLM.
 
 A ``PrunePlan`` holds the request's knobs, vLLM's own hash of every multimodal item of
-the prompt (its *content* identity, question-free) and each image's query token ids. It
+the prompt (its *content* identity, question-free) and the query token ids of each item
+the family prunes (images; videos too where the family prunes them), by modality. It
 travels as one processor kwarg (``zspa``): our ``_get_mm_hashes`` turns it into the
-item identities vLLM caches by (each image: its content hash + its own selection key;
-every other item: vLLM's own hash, untouched), the placeholder count reads the budget
-from it, and the per-image model fields are written from it. Pure Python: no vLLM.
+item identities vLLM caches by (each pruned item: its content hash + its own selection
+key; every other item: vLLM's own hash, untouched), the placeholder count reads the
+budget from it, and the per-item model fields are written from it. Pure Python: no vLLM.
 """
 
 from __future__ import annotations
@@ -19,17 +20,25 @@ from collections.abc import Mapping, Sequence
 from zspa_vllm.params import PruneParams
 from zspa_vllm.prune import num_kept
 
+Queries = tuple[tuple[int, ...], ...]
+
 
 @dataclasses.dataclass(frozen=True)
 class PrunePlan:
     params: PruneParams
     stock_hashes: Mapping[str, tuple[str, ...]]  # vLLM's hash of each item, by modality
-    image_queries: tuple[tuple[int, ...], ...]  # the query ids of each image, in order
+    queries: Mapping[str, Queries]  # the query ids of each pruned item, by modality, in order
 
     def __post_init__(self) -> None:
-        num_images = len(self.stock_hashes.get("image", ()))
-        if num_images != len(self.image_queries):
-            raise ValueError(f"a plan for {num_images} images got {len(self.image_queries)} queries")
+        for modality, queries in self.queries.items():
+            num_items = len(self.stock_hashes.get(modality, ()))
+            if num_items != len(queries):
+                raise ValueError(f"a plan for {num_items} {modality} items got {len(queries)} queries")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The pruned modalities that have items in this plan."""
+        return tuple(m for m, q in sorted(self.queries.items()) if q)
 
     def encode(self) -> str:
         """Canonical text (knob values are already rounded by parse_knobs)."""
@@ -38,7 +47,7 @@ class PrunePlan:
             {
                 "knobs": [p.prune_method, p.keep_rate, p.core_ratio, p.query_scope],
                 "hashes": {m: list(h) for m, h in sorted(self.stock_hashes.items())},
-                "queries": [list(q) for q in self.image_queries],
+                "queries": {m: [list(q) for q in qs] for m, qs in sorted(self.queries.items())},
             },
             separators=(",", ":"),
         )
@@ -50,11 +59,11 @@ class PrunePlan:
         return cls(
             PruneParams(keep_rate, core_ratio, method, scope),
             {m: tuple(h) for m, h in data["hashes"].items()},
-            tuple(tuple(q) for q in data["queries"]),
+            {m: tuple(tuple(q) for q in qs) for m, qs in data["queries"].items()},
         )
 
     def budget(self, num_visual: int) -> tuple[int, int]:
-        """(tokens kept, of which core) for an image of ``num_visual`` tokens."""
+        """(tokens kept, of which core) for an item of ``num_visual`` visual tokens."""
         keep = num_kept(num_visual, self.params.keep_rate)
         if self.params.prune_method == "relevance":
             return keep, keep
@@ -62,26 +71,29 @@ class PrunePlan:
             return keep, 0
         return keep, math.floor(self.params.core_ratio * keep + 0.5)
 
-    def selection_key(self, image: int) -> str:
-        """What decides image ``image``'s selection besides its pixels: its knobs and
-        query, minus what its method ignores (divprune: the query and core_ratio;
-        relevance: core_ratio), so equal selections share one cache entry."""
+    def selection_key(self, modality: str, item: int) -> str:
+        """What decides an item's selection besides its pixels: its knobs and query,
+        minus what its method ignores (divprune: the query and core_ratio; relevance:
+        core_ratio), so equal selections share one cache entry."""
         p = self.params
         key: list = [p.prune_method, p.keep_rate]
         if p.prune_method == "zspa":
             key.append(p.core_ratio)
         if p.prune_method != "divprune":
-            key.append(list(self.image_queries[image]))
+            key.append(list(self.queries[modality][item]))
         return json.dumps(key, separators=(",", ":"))
 
-    def content_key(self, image: int) -> bytes:
-        """32 bytes naming image ``image``'s unpruned encoder output: a digest of vLLM's
-        own hash of it (pixels, processor kwargs, model), never of the question."""
-        return hashlib.sha256(self.stock_hashes["image"][image].encode()).digest()
+    def content_key(self, modality: str, item: int) -> bytes:
+        """32 bytes naming an item's unpruned encoder output: a digest of vLLM's own hash
+        of it (pixels or frames, processor kwargs, model), never of the question."""
+        return hashlib.sha256(self.stock_hashes[modality][item].encode()).digest()
 
     def only(self, keep: Mapping[str, Sequence[bool]]) -> PrunePlan:
         """The plan of the items whose flag in ``keep`` (by modality) is true, in order."""
-        hashes = {m: tuple(h for h, k in zip(hs, keep.get(m, [True] * len(hs))) if k) for m, hs in self.stock_hashes.items()}
-        image_keep = keep.get("image", [True] * len(self.image_queries))
-        queries = tuple(q for q, k in zip(self.image_queries, image_keep) if k)
-        return PrunePlan(self.params, hashes, queries)
+
+        def kept(modality: str, values: Sequence) -> tuple:
+            flags = keep.get(modality, [True] * len(values))
+            return tuple(v for v, k in zip(values, flags) if k)
+
+        hashes = {m: kept(m, hs) for m, hs in self.stock_hashes.items()}
+        return PrunePlan(self.params, hashes, {m: kept(m, qs) for m, qs in self.queries.items()})

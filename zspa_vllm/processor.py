@@ -1,19 +1,22 @@
 """The API-server half of the plugin: a mixin for vLLM multimodal processors.
 
-Per request it reads the knobs from ``mm_processor_kwargs``, finds each image's query in
-the prompt (``zspa_vllm.query``) and replaces our knobs with ONE kwarg, ``zspa``, holding
-a ``PrunePlan``: the knobs, vLLM's own hash of every item and each image's query ids.
+Per request it reads the knobs from ``mm_processor_kwargs``, finds the query of each item
+it prunes in the prompt (``zspa_vllm.query``) and replaces our knobs with ONE kwarg,
+``zspa``, holding a ``PrunePlan``: the knobs, vLLM's own hash of every item and each
+pruned item's query ids. A family prunes images, and videos where it says so
+(``PRUNED_MODALITIES``); a video's budget is over all of its frames' tokens.
 
 Identity. vLLM keys its processor, encoder and prefix caches by each item's hash, which
 it computes from the item and *every* processor kwarg. ``_get_mm_hashes`` replaces that:
-an image's identity is its stock hash plus its own selection key (knobs and its own
-query), so an image keeps its identity for as long as its query does (a conversation's
-earlier images stay cached at every new turn), and every other item (a video, say) keeps
-exactly stock vLLM's hash.
+a pruned item's identity is its stock hash plus its own selection key (knobs and its own
+query), so an item keeps its identity for as long as its query does (a conversation's
+earlier images stay cached at every new turn), and every other item (a video of a family
+that does not prune videos, say) keeps exactly stock vLLM's hash.
 
 The kwarg is removed before the Hugging Face processor runs; what the model needs is
-added as per-image fields (``FIELD_NAMES``), for pixel inputs and precomputed embeddings
-alike, and each image's placeholder run is ``num_kept(n, keep_rate)`` tokens long.
+added as per-item fields (``field_names(modality)``), for pixel inputs and precomputed
+embeddings alike, and each pruned item's placeholder run is ``num_kept(n, keep_rate)``
+tokens long.
 """
 
 from __future__ import annotations
@@ -28,18 +31,25 @@ from zspa_vllm import tally
 from zspa_vllm.params import PruneParams, parse_knobs, split_knobs
 from zspa_vllm.plan import PrunePlan
 from zspa_vllm.prune import METHODS
-from zspa_vllm.query import image_query_token_ids
+from zspa_vllm.query import item_query_token_ids
 from zspa_vllm.tally import TALLY_KWARG
 
 ZSPA_KWARG = "zspa"
-FIELD_NAMES = (
-    "zspa_query_ids",  # the image's query token ids (1-D, may be empty)
-    "zspa_num_visual",  # tokens the vision encoder makes for it (n)
-    "zspa_num_keep",  # tokens kept (l): its placeholder count
-    "zspa_num_core",  # of which chosen by relevance
-    "zspa_method",  # index into zspa_vllm.prune.METHODS
-    "zspa_image_key",  # 32 bytes naming its unpruned encoder output (zspa_vllm.encoder_cache)
+# What the model gets for each pruned item, as field "zspa_<modality>_<name>"
+FIELDS = (
+    "query_ids",  # the item's query token ids (1-D, may be empty)
+    "num_visual",  # tokens the vision encoder makes for it (n)
+    "num_keep",  # tokens kept (l): its placeholder count
+    "num_core",  # of which chosen by relevance
+    "method",  # index into zspa_vllm.prune.METHODS
+    "content_key",  # 32 bytes naming its unpruned encoder output (zspa_vllm.encoder_cache)
 )
+MODALITIES = ("image", "video")  # what a family may prune
+
+
+def field_names(modality: str) -> dict[str, str]:
+    """The model field of each of ``FIELDS`` for items of ``modality``."""
+    return {field: f"zspa_{modality}_{field}" for field in FIELDS}
 
 # Engine-wide knob defaults by id() of the MultiModalConfig they were configured on; the
 # config is held too, so its id cannot be reused by a later engine's config.
@@ -55,14 +65,17 @@ class PruningProcessorMixin:
     """Mix in before a vLLM ``BaseMultiModalProcessor`` subclass.
 
     Each family sets ``QUERY_PATTERN`` (a user turn of its chat template, group 1 = its
-    content) and implements (here or in a mixin of its own, later in the MRO):
+    content), ``PRUNED_MODALITIES`` if it prunes more than images, and implements (here
+    or in a mixin of its own, later in the MRO):
 
-    - ``_zspa_visual_counts(processed) -> list[int]``: the unpruned visual token count of
-      each image in the processed outputs (pixel inputs or precomputed embeddings);
-    - ``_zspa_image_token_id() -> int``: the token its chat template puts once per image.
+    - ``_zspa_visual_counts(processed, modality) -> list[int]``: the unpruned visual token
+      count of each item in the processed outputs (pixel inputs or precomputed embeddings);
+    - ``_zspa_placeholder_id(modality) -> int``: the token its chat template puts once
+      per item.
     """
 
     QUERY_PATTERN: ClassVar[Any] = None
+    PRUNED_MODALITIES: ClassVar[tuple[str, ...]] = ("image",)
 
     # -- server-wide defaults (vLLM's --mm-processor-kwargs / LLM(mm_processor_kwargs=))
 
@@ -87,27 +100,29 @@ class PruningProcessorMixin:
         tally_id = rest.pop(TALLY_KWARG, None)  # per HTTP request, so never in the hash
         params = parse_knobs(knobs, self._zspa_defaults())
         inputs = dataclasses.replace(inputs, hf_processor_mm_kwargs=rest)
-        images = inputs.mm_data_items.get("image")
+        items = {m: len(inputs.mm_data_items.get(m) or ()) for m in self.PRUNED_MODALITIES}
         plan = None
-        if params.prunes and images:
+        if params.prunes and any(items.values()):
             stock = super()._get_mm_hashes(inputs)  # vLLM's own, question-free identities
-            queries = image_query_token_ids(
-                self.info.get_tokenizer(),
-                inputs.prompt,
-                self.QUERY_PATTERN,
-                self._zspa_image_token_id(),
-                len(images),
-                params.query_scope,
+            tokenizer = self.info.get_tokenizer()
+            queries = {
+                m: item_query_token_ids(
+                    tokenizer, inputs.prompt, self.QUERY_PATTERN, self._zspa_placeholder_id(m), count, params.query_scope
+                )
+                for m, count in items.items()
+            }
+            plan = PrunePlan(
+                params, {m: tuple(h) for m, h in stock.items()}, {m: tuple(map(tuple, q)) for m, q in queries.items()}
             )
-            plan = PrunePlan(params, {m: tuple(h) for m, h in stock.items()}, tuple(map(tuple, queries)))
             inputs = dataclasses.replace(inputs, hf_processor_mm_kwargs={**rest, ZSPA_KWARG: plan.encode()})
         if tally_id is not None:
-            counts = self._zspa_image_token_counts(inputs.mm_data_items, rest)
+            counts = [n for m in self.PRUNED_MODALITIES for n in self._zspa_token_counts(inputs.mm_data_items, rest, m)]
             kept = [plan.budget(n)[0] if plan else n for n in counts]
             tally.record(str(tally_id), params.prune_method if plan else "none", list(zip(counts, kept)))
         result = super().apply(inputs, timing_ctx)
         if plan is not None:
-            _check_placeholders(result)
+            for modality in plan.modalities:
+                _check_placeholders(result, modality)
         return result
 
     def _get_mm_hashes(self, inputs):
@@ -118,10 +133,13 @@ class PruningProcessorMixin:
 
         algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
         hashes = {modality: list(h) for modality, h in plan.stock_hashes.items()}
-        hashes["image"] = [
-            MultiModalHasher.hash_kwargs(algorithm, zspa_image=stock, zspa_selection=plan.selection_key(i))
-            for i, stock in enumerate(plan.stock_hashes["image"])
-        ]
+        for modality in plan.modalities:
+            hashes[modality] = [
+                MultiModalHasher.hash_kwargs(
+                    algorithm, **{f"zspa_{modality}": stock}, zspa_selection=plan.selection_key(modality, i)
+                )
+                for i, stock in enumerate(plan.stock_hashes[modality])
+            ]
         return hashes
 
     def _get_cache_missing_processor_kwargs(self, inputs, mm_is_cached):
@@ -141,8 +159,9 @@ class PruningProcessorMixin:
         # runs for pixel inputs and for precomputed embeddings (which skip the HF processor)
         processed = super()._postprocess_hf_mm_data(mm_data, hf_processor_mm_kwargs, processed_data)
         plan = read_plan(hf_processor_mm_kwargs)
-        if plan is not None and plan.image_queries:
-            self._zspa_add_fields(plan, processed)
+        if plan is not None:
+            for modality in plan.modalities:
+                self._zspa_add_fields(plan, processed, modality)
         return processed
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
@@ -151,60 +170,74 @@ class PruningProcessorMixin:
             from vllm.multimodal.inputs import MultiModalFieldConfig
 
             # metadata read on the host: kept there, so reading it never waits on the GPU
-            config.update({name: MultiModalFieldConfig.batched("image", keep_on_cpu=True) for name in FIELD_NAMES})
+            for modality in self.PRUNED_MODALITIES:
+                config.update(
+                    {name: MultiModalFieldConfig.batched(modality, keep_on_cpu=True) for name in field_names(modality).values()}
+                )
         return config
 
     def _zspa_num_image_tokens(self, width: int, height: int, mm_kwargs: Mapping[str, object]) -> int:
         """Unpruned visual tokens of an image of this size (vLLM's own count)."""
         return int(self.info.get_num_image_tokens(image_width=width, image_height=height))
 
+    def _zspa_num_video_tokens(self, width: int, height: int, num_frames: int, mm_kwargs: Mapping[str, object]) -> int:
+        """Unpruned visual tokens of a video of ``num_frames`` frames of this size, for
+        families that prune videos."""
+        raise NotImplementedError(f"{type(self).__name__} does not prune videos")
+
     # -- helpers
 
-    def _zspa_image_token_counts(self, mm_items, mm_kwargs) -> list[int]:
-        """Unpruned visual tokens of each image of a prompt, from the image sizes; none
-        for precomputed embeddings. (The per-image model fields count from the HF
-        outputs in _zspa_visual_counts instead: the HF processor only sees the images
-        vLLM's processor cache misses, while the tally needs every image.)"""
-        from vllm.multimodal.parse import ImageProcessorItems
+    def _zspa_token_counts(self, mm_items, mm_kwargs, modality: str) -> list[int]:
+        """Unpruned visual tokens of each item of a prompt, from the image or frame
+        sizes; none for precomputed embeddings. (The per-item model fields count from the
+        HF outputs in _zspa_visual_counts instead: the HF processor only sees the items
+        vLLM's processor cache misses, while the tally needs every item.)"""
+        from vllm.multimodal.parse import ImageProcessorItems, VideoProcessorItems
 
-        images = mm_items.get("image")
-        if not isinstance(images, ImageProcessorItems):
-            return []
-        sizes = [images.get_image_size(i) for i in range(len(images))]
-        return [self._zspa_num_image_tokens(size.width, size.height, mm_kwargs) for size in sizes]
+        items = mm_items.get(modality)
+        if isinstance(items, ImageProcessorItems):
+            sizes = [items.get_image_size(i) for i in range(len(items))]
+            return [self._zspa_num_image_tokens(size.width, size.height, mm_kwargs) for size in sizes]
+        if isinstance(items, VideoProcessorItems):
+            sizes = [(items.get_frame_size(i), items.get_num_frames(i)) for i in range(len(items))]
+            return [self._zspa_num_video_tokens(size.width, size.height, frames, mm_kwargs) for size, frames in sizes]
+        return []
 
-    def _zspa_add_fields(self, plan: PrunePlan, processed) -> None:
-        counts = self._zspa_visual_counts(processed)
-        if len(counts) != len(plan.image_queries):
-            raise RuntimeError(f"zspa-vllm: {len(counts)} processed images for a plan of {len(plan.image_queries)}")
+    def _zspa_add_fields(self, plan: PrunePlan, processed, modality: str) -> None:
+        counts = self._zspa_visual_counts(processed, modality)
+        queries = plan.queries[modality]
+        if len(counts) != len(queries):
+            raise RuntimeError(f"zspa-vllm: {len(counts)} processed {modality} items for a plan of {len(queries)}")
         budgets = [plan.budget(n) for n in counts]
         method = METHODS.index(plan.params.prune_method)
-        processed["zspa_query_ids"] = [torch.tensor(q, dtype=torch.long) for q in plan.image_queries]
-        processed["zspa_num_visual"] = torch.tensor(counts, dtype=torch.long)
-        processed["zspa_num_keep"] = torch.tensor([keep for keep, _ in budgets], dtype=torch.long)
-        processed["zspa_num_core"] = torch.tensor([core for _, core in budgets], dtype=torch.long)
-        processed["zspa_method"] = torch.tensor([method] * len(counts), dtype=torch.long)
-        keys = [list(plan.content_key(i)) for i in range(len(counts))]
-        processed["zspa_image_key"] = torch.tensor(keys, dtype=torch.uint8).reshape(len(counts), 32)
+        names = field_names(modality)
+        processed[names["query_ids"]] = [torch.tensor(q, dtype=torch.long) for q in queries]
+        processed[names["num_visual"]] = torch.tensor(counts, dtype=torch.long)
+        processed[names["num_keep"]] = torch.tensor([keep for keep, _ in budgets], dtype=torch.long)
+        processed[names["num_core"]] = torch.tensor([core for _, core in budgets], dtype=torch.long)
+        processed[names["method"]] = torch.tensor([method] * len(counts), dtype=torch.long)
+        keys = [list(plan.content_key(modality, i)) for i in range(len(counts))]
+        processed[names["content_key"]] = torch.tensor(keys, dtype=torch.uint8).reshape(len(counts), 32)
 
     def _zspa_placeholder_count(self, num_visual: int, hf_processor_mm_kwargs: Mapping[str, Any]) -> int:
-        """Placeholder tokens for an image of ``num_visual`` tokens under this request."""
+        """Placeholder tokens for an item of ``num_visual`` tokens under this request."""
         plan = read_plan(hf_processor_mm_kwargs)
         return num_visual if plan is None else plan.budget(num_visual)[0]
 
 
-def _check_placeholders(result) -> None:
-    """Refuse a prompt whose shortened image runs the model would not fill with exactly
-    as many rows (a processing path that skipped our fields, for instance)."""
-    items = result["mm_kwargs"].get("image", [])
-    for i, (item, placeholder) in enumerate(zip(items, result["mm_placeholders"].get("image", []))):
+def _check_placeholders(result, modality: str) -> None:
+    """Refuse a prompt whose shortened runs the model would not fill with exactly as many
+    rows (a processing path that skipped our fields, for instance)."""
+    num_keep = field_names(modality)["num_keep"]
+    items = result["mm_kwargs"].get(modality, [])
+    for i, (item, placeholder) in enumerate(zip(items, result["mm_placeholders"].get(modality, []))):
         if item is None:  # served from vLLM's processor cache: checked when first made
             continue
         slots = placeholder.get_num_embeds()
-        rows = int(item["zspa_num_keep"].data) if "zspa_num_keep" in item else None
+        rows = int(item[num_keep].data) if num_keep in item else None
         if rows != slots:
             raise ValueError(
-                f"zspa-vllm: image {i} has {slots} placeholder tokens but the model would hand "
+                f"zspa-vllm: {modality} {i} has {slots} placeholder tokens but the model would hand "
                 f"over {'all its' if rows is None else rows} rows; this input path cannot be pruned"
             )
 

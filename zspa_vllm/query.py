@@ -1,4 +1,5 @@
-"""Which prompt tokens form the query that each image's visual tokens are ranked against.
+"""Which prompt tokens form the query that each image's (or video's) visual tokens are
+ranked against. A video follows the same rules as an image, by its own placeholder.
 
 The text of a user turn is its content with every special token (image placeholders,
 role markers, BOS/EOS) removed and whitespace collapsed, re-tokenized without special
@@ -44,45 +45,45 @@ def query_text(prompt: str, user_turn: re.Pattern[str] | None, special_tokens: S
     return clean_text(text, special_tokens)
 
 
-def image_query_texts(
+def item_query_texts(
     prompt: str,
     user_turn: re.Pattern[str] | None,
     special_tokens: Sequence[str],
-    image_marker: str,
-    num_images: int,
+    marker: str,
+    num_items: int,
     scope: str,
 ) -> list[str]:
-    """The query text of each of the ``num_images`` images of a rendered ``prompt``,
-    in order; ``image_marker`` is the text of an image's placeholder token. If the
-    markers cannot be matched one run per image, every image gets the last turn's text."""
+    """The query text of each of the ``num_items`` images (or videos) of a rendered
+    ``prompt``, in order; ``marker`` is the text of an item's placeholder token. If the
+    markers cannot be matched one run per item, every item gets the last turn's text."""
     turns = list(user_turn.finditer(prompt)) if user_turn is not None else []
     if scope == "last_turn" or not turns:
-        return [query_text(prompt, user_turn, special_tokens)] * num_images
-    starts = _marker_runs(prompt, image_marker)
-    if len(starts) != num_images:
-        return [query_text(prompt, user_turn, special_tokens)] * num_images
+        return [query_text(prompt, user_turn, special_tokens)] * num_items
+    starts = _marker_runs(prompt, marker)
+    if len(starts) != num_items:
+        return [query_text(prompt, user_turn, special_tokens)] * num_items
     texts = [clean_text(turn.group(1), special_tokens) for turn in turns]
     queries = []
     for start in starts:
-        # the turn holding the image, or the first one after it; then the first with text
+        # the turn holding the item, or the first one after it; then the first with text
         first = next((j for j, turn in enumerate(turns) if turn.end() > start), len(turns))
         queries.append(next((text for text in texts[first:] if text), ""))
     return queries
 
 
-def image_query_token_ids(
+def item_query_token_ids(
     tokenizer,
     prompt_ids: Sequence[int],
     user_turn: re.Pattern[str] | None,
-    image_token_id: int,
-    num_images: int,
+    placeholder_id: int,
+    num_items: int,
     scope: str,
 ) -> list[list[int]]:
-    """Token ids of each image's query in ``prompt_ids`` (a tokenized, templated prompt
-    whose images are still one placeholder token each)."""
+    """Token ids of each item's query in ``prompt_ids`` (a tokenized, templated prompt
+    whose images or videos are still one placeholder token ``placeholder_id`` each)."""
     prompt = tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
-    marker = tokenizer.decode([image_token_id], skip_special_tokens=False)
-    texts = image_query_texts(prompt, user_turn, _special_token_strings(tokenizer), marker, num_images, scope)
+    marker = tokenizer.decode([placeholder_id], skip_special_tokens=False)
+    texts = item_query_texts(prompt, user_turn, _special_token_strings(tokenizer), marker, num_items, scope)
     encoded = {text: list(tokenizer.encode(text, add_special_tokens=False)) if text else [] for text in set(texts)}
     return [encoded[text] for text in texts]
 

@@ -37,7 +37,9 @@ def test_the_selection_log_reads_and_writes_every_field(monkeypatch, tmp_path):
     observe.record(observe.Selection(10, torch.tensor([1, 4]), torch.tensor([7]), "relevance", 2))
     (log,) = tmp_path.glob("selections-*.jsonl")
     (line,) = log.read_text().splitlines()
-    assert json.loads(line) == {"num_visual": 10, "kept": [1, 4], "query_ids": [7], "method": "relevance", "num_core": 2}
+    assert json.loads(line) == {
+        "modality": "image", "num_visual": 10, "kept": [1, 4], "query_ids": [7], "method": "relevance", "num_core": 2
+    }
     observe.clear()
 
 

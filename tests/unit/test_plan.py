@@ -9,11 +9,11 @@ HASHES = {"image": ("img-a", "img-b"), "video": ("vid-a",)}
 
 
 def plan(queries=((5, 9), (7,)), **knobs) -> PrunePlan:
-    return PrunePlan(parse_knobs({"keep_rate": 0.25, **knobs}), HASHES, queries)
+    return PrunePlan(parse_knobs({"keep_rate": 0.25, **knobs}), HASHES, {"image": queries})
 
 
 def test_round_trip():
-    original = PrunePlan(PruneParams(0.25, 0.4, "zspa", "last_turn"), HASHES, ((5, 9, 11), ()))
+    original = PrunePlan(PruneParams(0.25, 0.4, "zspa", "last_turn"), HASHES, {"image": ((5, 9, 11), ()), "video": ((3,),)})
     assert PrunePlan.decode(original.encode()) == original
 
 
@@ -23,41 +23,43 @@ def test_equal_plans_encode_alike():
 
 def test_each_image_has_its_own_selection_key():
     p = plan()
-    assert p.selection_key(0) != p.selection_key(1)  # other query
-    assert plan(queries=((5, 9), (5, 9))).selection_key(1) == p.selection_key(0)
+    assert p.selection_key("image", 0) != p.selection_key("image", 1)  # other query
+    assert plan(queries=((5, 9), (5, 9))).selection_key("image", 1) == p.selection_key("image", 0)
     # every knob that changes a zspa selection changes the key
-    keys = {plan(**k).selection_key(0) for k in ({}, {"keep_rate": 0.5}, {"core_ratio": 0.5})}
+    keys = {plan(**k).selection_key("image", 0) for k in ({}, {"keep_rate": 0.5}, {"core_ratio": 0.5})}
     assert len(keys) == 3
 
 
 def test_selection_key_leaves_out_what_the_method_ignores():
     # divprune ignores the question and core_ratio; relevance ignores core_ratio
     div = plan(prune_method="divprune")
-    assert div.selection_key(0) == div.selection_key(1) == plan(prune_method="divprune", core_ratio=0.9).selection_key(0)
+    assert div.selection_key("image", 0) == div.selection_key("image", 1) == plan(prune_method="divprune", core_ratio=0.9).selection_key("image", 0)
     rel = plan(prune_method="relevance")
-    assert rel.selection_key(0) == plan(prune_method="relevance", core_ratio=0.9).selection_key(0)
-    assert rel.selection_key(0) != rel.selection_key(1)
+    assert rel.selection_key("image", 0) == plan(prune_method="relevance", core_ratio=0.9).selection_key("image", 0)
+    assert rel.selection_key("image", 0) != rel.selection_key("image", 1)
     # the query scope only picks the query: the same query is the same selection
-    assert plan(query_scope="last_turn").selection_key(0) == plan().selection_key(0)
+    assert plan(query_scope="last_turn").selection_key("image", 0) == plan().selection_key("image", 0)
 
 
 def test_content_key_names_the_image_not_the_question():
     p, q = plan(), plan(queries=((1,), (2,)), keep_rate=0.5)
-    assert p.content_key(0) == q.content_key(0) and len(p.content_key(0)) == 32
-    assert p.content_key(0) != p.content_key(1)
+    assert p.content_key("image", 0) == q.content_key("image", 0) and len(p.content_key("image", 0)) == 32
+    assert p.content_key("image", 0) != p.content_key("image", 1)
 
 
 def test_only_keeps_the_flagged_items_in_order():
     p = plan(queries=((1,), (2,)))
     sub = p.only({"image": [False, True], "video": [False]})
     assert sub.stock_hashes == {"image": ("img-b",), "video": ()}
-    assert sub.image_queries == ((2,),)
+    assert sub.queries == {"image": ((2,),)}
     assert sub.params == p.params
 
 
 def test_queries_must_match_images():
-    with pytest.raises(ValueError, match="a plan for 2 images got 1 queries"):
-        PrunePlan(PruneParams(0.5), HASHES, ((1,),))
+    with pytest.raises(ValueError, match="a plan for 2 image items got 1 queries"):
+        PrunePlan(PruneParams(0.5), HASHES, {"image": ((1,),)})
+    with pytest.raises(ValueError, match="a plan for 1 video items got 2 queries"):
+        PrunePlan(PruneParams(0.5), HASHES, {"image": ((1,), ()), "video": ((1,), (2,))})
 
 
 @pytest.mark.parametrize(
@@ -72,7 +74,7 @@ def test_queries_must_match_images():
     ],
 )
 def test_budget(method, n, rate, core, expected):
-    assert PrunePlan(PruneParams(rate, core, method), {}, ()).budget(n) == expected
+    assert PrunePlan(PruneParams(rate, core, method), {}, {}).budget(n) == expected
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,14 @@ def test_encoder_groups_fit_the_unpruned_budget(sizes, budget, groups):
     from zspa_vllm.model import encoder_groups
 
     assert encoder_groups(sizes, budget) == groups
+
+
+def test_a_video_has_its_own_identity_and_query():
+    p = PrunePlan(parse_knobs({"keep_rate": 0.25}), HASHES, {"image": ((5,), (5,)), "video": ((5,),)})
+    assert p.modalities == ("image", "video")
+    assert p.content_key("video", 0) not in (p.content_key("image", 0), p.content_key("image", 1))
+    other = PrunePlan(p.params, HASHES, {"image": ((5,), (5,)), "video": ((6,),)})
+    assert other.selection_key("video", 0) != p.selection_key("video", 0)
+    assert other.selection_key("image", 0) == p.selection_key("image", 0)
+    # a plan that prunes images only lists no video queries
+    assert PrunePlan(p.params, HASHES, {"image": ((5,), (5,))}).modalities == ("image",)

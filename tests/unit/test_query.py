@@ -129,14 +129,14 @@ CHATS = {
 
 
 def _queries(family, messages, scope):
-    from zspa_vllm.query import image_query_token_ids
+    from zspa_vllm.query import item_query_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(fixture_path(family))
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKENS[family])
     num_images = ids.count(image_id)
-    queries = image_query_token_ids(tokenizer, ids, FAMILIES[family], image_id, num_images, scope)
+    queries = item_query_token_ids(tokenizer, ids, FAMILIES[family], image_id, num_images, scope)
     return [tokenizer.decode(q) for q in queries]
 
 
@@ -159,17 +159,17 @@ def test_an_image_keeps_its_query_as_the_chat_grows(family):
 
 
 def test_markers_that_do_not_match_the_images_fall_back_to_the_last_turn():
-    from zspa_vllm.query import image_query_texts
+    from zspa_vllm.query import item_query_texts
 
     prompt = "USER: <image>\nfirst ASSISTANT: a</s>USER: second ASSISTANT:"
     specials = ["<image>", "</s>"]
-    assert image_query_texts(prompt, LLAVA_USER_TURN, specials, "<image>", 1, "image_turn") == ["first"]
+    assert item_query_texts(prompt, LLAVA_USER_TURN, specials, "<image>", 1, "image_turn") == ["first"]
     # an already expanded run of placeholders is one image
     expanded = prompt.replace("<image>", "<image>" * 5)
-    assert image_query_texts(expanded, LLAVA_USER_TURN, specials, "<image>", 1, "image_turn") == ["first"]
+    assert item_query_texts(expanded, LLAVA_USER_TURN, specials, "<image>", 1, "image_turn") == ["first"]
     # two images but one marker run: cannot tell which is which, so the last turn's text
-    assert image_query_texts(prompt, LLAVA_USER_TURN, specials, "<image>", 2, "image_turn") == ["second", "second"]
+    assert item_query_texts(prompt, LLAVA_USER_TURN, specials, "<image>", 2, "image_turn") == ["second", "second"]
     # no turn at all (a raw prompt): the whole text, under either scope
     raw = "<image>\nDescribe the picture."
     for scope in ("image_turn", "last_turn"):
-        assert image_query_texts(raw, LLAVA_USER_TURN, specials, "<image>", 1, scope) == ["Describe the picture."]
+        assert item_query_texts(raw, LLAVA_USER_TURN, specials, "<image>", 1, scope) == ["Describe the picture."]

@@ -26,10 +26,10 @@ class PrunedLlavaPlaceholders:
     count; mix in before a ``BaseLlavaMultiModalProcessor``. Families implement
     ``_zspa_pixel_counts`` (tokens per image of pixel inputs)."""
 
-    def _zspa_image_token_id(self) -> int:
+    def _zspa_placeholder_id(self, modality: str) -> int:
         return self.info.get_hf_config().image_token_index
 
-    def _zspa_visual_counts(self, processed):
+    def _zspa_visual_counts(self, processed, modality: str):
         if "image_embeds" in processed:  # precomputed: one (n, d) tensor per image
             return [len(embeds) for embeds in processed["image_embeds"]]
         return self._zspa_pixel_counts(processed)

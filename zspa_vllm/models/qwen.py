@@ -2,11 +2,14 @@
 Qwen3-VL, Qwen3-VL-MoE).
 
 Processor: an image is one uniform run of ``<|image_pad|>`` tokens, ``t * h * w /
-merge**2`` long (``image_grid_thw``, for pixels and precomputed embeddings alike); its
-replacement keeps vLLM's video replacement as is and shortens the image run to the
-budget. Model: images' patches are laid back to back in ``pixel_values`` (flat), and
-the vision encoder's CUDA graph is not used for images (a captured graph would skip
-``embed_multimodal``, and so the selection). M-RoPE positions: ``zspa_vllm.mrope``.
+merge**2`` long (``image_grid_thw``, for pixels and precomputed embeddings alike), and
+so is a video in Qwen2-VL and Qwen2.5-VL (``<|video_pad|>``, ``video_grid_thw``, all
+frames in one run); the replacement shortens each pruned run to the budget. Qwen3-VL
+puts timestamp text between a video's frames, so its family prunes images only. Model:
+items' patches are laid back to back in ``pixel_values`` / ``pixel_values_videos``
+(flat), and the vision encoder's CUDA graph is not used for pruned modalities (a
+captured graph would skip ``embed_multimodal``, and so the selection). M-RoPE
+positions: ``zspa_vllm.mrope``.
 """
 
 from __future__ import annotations
@@ -26,16 +29,18 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
     """Mix in before a vLLM Qwen-VL multimodal processor."""
 
     QUERY_PATTERN = CHATML_USER_TURN  # "<|im_start|>user\n{content}<|im_end|>"
+    PRUNED_MODALITIES = ("image", "video")  # a video: one run over all its frames
 
-    def _zspa_visual_counts(self, processed):
-        grid = processed.get("image_grid_thw")  # pixel inputs and precomputed embeddings
-        if grid is None:  # no images in this call (text or video only)
+    def _zspa_visual_counts(self, processed, modality):
+        grid = processed.get(f"{modality}_grid_thw")  # pixel inputs and precomputed embeddings
+        if grid is None:  # no items of this modality in this call
             return []
         merge = self.info.get_hf_config().vision_config.spatial_merge_size
         return [int(t * h * w) // merge**2 for t, h, w in grid.tolist()]
 
-    def _zspa_image_token_id(self):
-        return self.info.get_hf_config().image_token_id
+    def _zspa_placeholder_id(self, modality):
+        config = self.info.get_hf_config()
+        return config.image_token_id if modality == "image" else config.video_token_id
 
     def _zspa_num_image_tokens(self, width, height, mm_kwargs):
         image_processor = self.info.get_image_processor(**mm_kwargs)  # its min/max_pixels decide
@@ -45,8 +50,20 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
             )
         )
 
+    def _zspa_num_video_tokens(self, width, height, num_frames, mm_kwargs):
+        video_processor = self.info.get_hf_processor(**mm_kwargs).video_processor  # its own min/max pixels
+        return int(
+            self.info.get_num_video_tokens(
+                image_width=width,
+                image_height=height,
+                num_frames=num_frames,
+                image_processor=video_processor,
+                mm_kwargs=mm_kwargs,
+            )
+        )
+
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        # vLLM's image and video replacements; the image one with the pruned count
+        # vLLM's image and video replacements, those of pruned modalities with the pruned count
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
         if ZSPA_KWARG not in hf_processor_mm_kwargs:
             return updates
@@ -56,29 +73,37 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
                 full = update.replacement(item_idx)
                 return full[:1] * self._zspa_placeholder_count(len(full), hf_processor_mm_kwargs)
 
-            return PromptReplacement(modality="image", target=update.target, replacement=replacement)
+            return PromptReplacement(modality=update.modality, target=update.target, replacement=replacement)
 
-        return [pruned(u) if u.modality == "image" else u for u in updates]
+        return [pruned(u) if u.modality in self.PRUNED_MODALITIES else u for u in updates]
 
 
 class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
     """Mix in before a vLLM Qwen-VL model class."""
 
+    PRUNED_MODALITIES = QwenPruningProcessorMixin.PRUNED_MODALITIES  # as its processor's
+    _PIXELS = {"image": "pixel_values", "video": "pixel_values_videos"}
+
     def _zspa_select_inputs(self, kwargs, indices, count):
         if indices == list(range(count)):
             return kwargs
-        if set(kwargs) != {"pixel_values", "image_grid_thw"}:
+        modality = "video" if "video_grid_thw" in kwargs else "image"
+        pixels_key, grid_key = self._PIXELS[modality], f"{modality}_grid_thw"
+        if not {pixels_key, grid_key} <= set(kwargs) <= {pixels_key, grid_key, "second_per_grid_ts"}:
             return None
-        # pixel_values holds every image's patches back to back: t * h * w rows each
-        grid = kwargs["image_grid_thw"]
+        # the pixels hold every item's patches back to back: t * h * w rows each
+        grid = kwargs[grid_key]
         ends = torch.cumsum(grid.prod(dim=-1), dim=0).tolist()
-        pixels = [kwargs["pixel_values"][(ends[i - 1] if i else 0) : ends[i]] for i in indices]
-        return {"pixel_values": torch.cat(pixels), "image_grid_thw": grid[indices]}
+        pixels = [kwargs[pixels_key][(ends[i - 1] if i else 0) : ends[i]] for i in indices]
+        selected = {pixels_key: torch.cat(pixels), grid_key: grid[indices]}
+        if "second_per_grid_ts" in kwargs:  # Qwen2.5-VL videos: one per video
+            selected["second_per_grid_ts"] = torch.as_tensor(kwargs["second_per_grid_ts"])[indices]
+        return selected
 
     def get_encoder_cudagraph_config(self):
         # a captured encoder graph would skip embed_multimodal, and so the pruning
         config = super().get_encoder_cudagraph_config()
-        return dataclasses.replace(config, modalities=[m for m in config.modalities if m != "image"])
+        return dataclasses.replace(config, modalities=[m for m in config.modalities if m not in self.PRUNED_MODALITIES])
 
 
 class Qwen3PruningModelMixin(QwenPruningModelMixin):
@@ -88,7 +113,10 @@ class Qwen3PruningModelMixin(QwenPruningModelMixin):
     concatenated as extra columns (``visual_dim`` each), which vLLM splits off again in
     ``_compute_deepstack_embeds`` and adds to the first LLM layers' hidden states. The
     selection compares the main features only; a kept token keeps its deepstack
-    columns (the same rows), and our position columns go after all of them."""
+    columns (the same rows), and our position columns go after all of them. Videos
+    are not pruned (timestamp text between frames)."""
+
+    PRUNED_MODALITIES = ("image",)
 
     def _zspa_embedding_width(self) -> int:
         return self.visual_dim + self.multiscale_dim  # multiscale_dim is 0 without deepstack

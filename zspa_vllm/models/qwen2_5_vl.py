@@ -1,9 +1,9 @@
-"""Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``) with ZSPAPrune, for images.
+"""Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``) with ZSPAPrune, for images and videos.
 
 Everything but the class names is shared with the other Qwen families
-(``zspa_vllm.models.qwen``, positions in ``zspa_vllm.mrope``). Videos are never pruned:
-only image items get our per-image fields, so a video (alone, or next to pruned images
-in one prompt) takes vLLM's own path and keeps every token.
+(``zspa_vllm.models.qwen``, positions in ``zspa_vllm.mrope``). A video is one run of
+tokens over all its frames, pruned to one budget across frames; its kept tokens keep
+their (t, h, w) positions.
 """
 
 from __future__ import annotations
@@ -34,4 +34,4 @@ class ZspaQwen2_5_VLProcessingInfo(PruningInfoMixin, Qwen2_5_VLProcessingInfo):
     dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
 class ZspaQwen2_5_VLForConditionalGeneration(QwenPruningModelMixin, Qwen2_5_VLForConditionalGeneration):
-    """vLLM's Qwen2.5-VL with ZSPAPrune on images and M-RoPE positions kept."""
+    """vLLM's Qwen2.5-VL with ZSPAPrune on images and videos, M-RoPE positions kept."""

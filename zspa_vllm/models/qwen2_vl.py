@@ -1,9 +1,9 @@
-"""Qwen2-VL (``Qwen2VLForConditionalGeneration``) with ZSPAPrune, for images.
+"""Qwen2-VL (``Qwen2VLForConditionalGeneration``) with ZSPAPrune, for images and videos.
 
 Everything but the class names is shared with the other Qwen families
-(``zspa_vllm.models.qwen``, positions in ``zspa_vllm.mrope``). Videos are never pruned:
-only image items get our per-image fields, so a video (alone, or next to pruned images
-in one prompt) takes vLLM's own path and keeps every token.
+(``zspa_vllm.models.qwen``, positions in ``zspa_vllm.mrope``). A video is one run of
+tokens over all its frames, pruned to one budget across frames; its kept tokens keep
+their (t, h, w) positions.
 """
 
 from __future__ import annotations
@@ -34,4 +34,4 @@ class ZspaQwen2VLProcessingInfo(PruningInfoMixin, Qwen2VLProcessingInfo):
     dummy_inputs=Qwen2VLDummyInputsBuilder,
 )
 class ZspaQwen2VLForConditionalGeneration(QwenPruningModelMixin, Qwen2VLForConditionalGeneration):
-    """vLLM's Qwen2-VL with ZSPAPrune on images and M-RoPE positions kept."""
+    """vLLM's Qwen2-VL with ZSPAPrune on images and videos, M-RoPE positions kept."""

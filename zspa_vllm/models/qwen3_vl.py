@@ -21,7 +21,7 @@ from zspa_vllm.processor import PruningInfoMixin
 
 
 class ZspaQwen3VLMultiModalProcessor(QwenPruningProcessorMixin, Qwen3VLMultiModalProcessor):
-    pass
+    PRUNED_MODALITIES = ("image",)  # a video's frames are separated by timestamp text
 
 
 class ZspaQwen3VLProcessingInfo(PruningInfoMixin, Qwen3VLProcessingInfo):
