@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-unit test-engine test-server bench-select bench-serve bench-chat fixtures clean
+.PHONY: env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures clean
 
 env:  ## create/refresh .venv (seconds when nothing changed)
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -28,6 +28,9 @@ bench-select: env  ## time the selection kernel at real model sizes
 
 bench-serve: env  ## stock vLLM vs zspa-serve on random-weight mid-size models (about 30 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --requests 12 --concurrency 4 --repeats 3 --warmup 1
+
+bench-video: env  ## a video workload: stock vLLM vs zspa-serve vs vLLM's EVS, Qwen2.5-VL (about 20 min on 2 CPUs)
+	$(PY) benchmarks/serve_bench.py --workload video --families qwen2.5-vl --requests 8 --concurrency 4 --repeats 3 --warmup 1
 
 bench-chat: env  ## multi-turn chat and same-image workloads: stock vLLM vs zspa-serve (about 60 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --workload chat --repeats 3 --warmup 1

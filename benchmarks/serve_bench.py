@@ -2,7 +2,9 @@
 0.25 and 0.1, on one engine configuration, same image-plus-question workload, fixed
 concurrency, run side by side in one go and repeated. ``--workload chat`` runs the chat
 workloads instead (multi-turn conversations, one image asked many questions; see
-benchmarks/chat_workloads.py).
+benchmarks/chat_workloads.py). ``--workload video`` sends a video of several seconds and
+a question, and adds vLLM's own video pruning (EVS, ``--video-pruning-rate``) at the
+same share of tokens kept as zspa's keep_rate 0.25.
 
 On a CPU it builds a random-weight mid-size model per family (the tiny fixture's vision
 tower and tokenizer, a larger LLM: --hidden/--layers) so that the LLM prefill dominates;
@@ -12,6 +14,7 @@ admits, as a markdown table, JSON and a PNG under benchmarks/results/.
 
     python benchmarks/serve_bench.py --families llava-1.5,qwen2.5-vl --repeats 3
     python benchmarks/serve_bench.py --workload chat --repeats 3
+    python benchmarks/serve_bench.py --workload video --families qwen2.5-vl --repeats 3
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "benchmarks")]
 import chat_workloads  # noqa: E402
 from server.launch import ServerProcess  # noqa: E402
 from tests.engine.harness import fixture_path, visual_tokens  # noqa: E402
+from tests.fixtures.images import make_video, video_mp4  # noqa: E402
 from tests.server.conftest import image_url  # noqa: E402
 from zspa_vllm.prune import num_kept  # noqa: E402
 
@@ -50,6 +54,10 @@ MODEL_CLASSES = {
 }
 # tensor names of the real checkpoints (scripts/make_fixtures.py)
 RENAMES = {"qwen2.5-vl": "_qwen_rename", "qwen3-vl": "_qwen3_rename"}
+# the video workload: 8 s at 2 frames/s, a camera panning over one scene
+VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 16, (448, 336), 2.0
+VIDEO_QUESTION = "What happens in this video, and which objects move?"
+VIDEO_KEEP_RATE = 0.25  # zspa's keep_rate; EVS prunes the rest: --video-pruning-rate 0.75
 
 
 # --------------------------------------------------------------------------- the model
@@ -85,10 +93,18 @@ def build_model(family: str, hidden: int, layers: int, out: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- one run
-async def _one(client, model, seed, knobs, size, max_tokens):
+def image_part(seed: int, size) -> dict:
+    return {"type": "image_url", "image_url": {"url": image_url(seed, size)}}
+
+
+def video_part(seed: int) -> dict:
+    data = video_mp4(make_video(*VIDEO_SIZE, VIDEO_FRAMES, seed), VIDEO_FPS)
+    return {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + __import__("base64").b64encode(data).decode()}}
+
+
+async def _one(client, model, part, question, knobs, max_tokens):
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url(seed, size)}},
-                                                      {"type": "text", "text": QUESTION}]}], **knobs}
+            "messages": [{"role": "user", "content": [part, {"type": "text", "text": question}]}], **knobs}
     ttft, usage, _, _ = await chat_workloads.stream_chat(client, body)
     return ttft, usage
 
@@ -102,26 +118,29 @@ async def _kv_sampler(client, stop: asyncio.Event, peaks: list[float]):
         await asyncio.sleep(0.2)
 
 
-async def _workload(base_url, model, seeds, knobs, size, concurrency, max_tokens):
+async def _workload(base_url, model, parts, question, knobs, concurrency, max_tokens):
+    """``parts``: one content part (image or video, built beforehand) per request."""
     limit = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=3600) as client:
 
-        async def bounded(seed):
+        async def bounded(part):
             async with limit:
-                return await _one(client, model, seed, knobs, size, max_tokens)
+                return await _one(client, model, part, question, knobs, max_tokens)
 
         stop, peaks = asyncio.Event(), []
         sampler = asyncio.create_task(_kv_sampler(client, stop, peaks))
         start = time.perf_counter()
-        results = await asyncio.gather(*(bounded(seed) for seed in seeds))
+        try:
+            results = await asyncio.gather(*(bounded(part) for part in parts))
+        finally:
+            stop.set()
+            await sampler
         wall = time.perf_counter() - start
-        stop.set()
-        await sampler
     ttfts = sorted(t for t, _ in results)
     return {
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
         "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
-        "requests_per_s": len(seeds) / wall,
+        "requests_per_s": len(parts) / wall,
         "output_tokens_per_s": sum(u["completion_tokens"] for _, u in results) / wall,
         "prompt_tokens": statistics.mean(u["prompt_tokens"] for _, u in results),
         "visual_tokens_kept": statistics.mean(u["visual_tokens_kept"] for _, u in results)
@@ -164,9 +183,9 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
         samples: dict[str, list[dict]] = {label: [] for label, *_ in rows}
         for repeat in range(args.warmup + args.repeats):
             for label, kind, knobs, size in rows:  # interleaved, so drift hits every row alike
-                seeds = list(range(seed, seed + args.requests))  # fresh images: no cache hits
+                parts = [image_part(s, size) for s in range(seed, seed + args.requests)]  # fresh images: no cache hits
                 seed += args.requests
-                result = asyncio.run(_workload(servers[kind].base_url, name, seeds, knobs, size, args.concurrency, args.max_tokens))
+                result = asyncio.run(_workload(servers[kind].base_url, name, parts, QUESTION, knobs, args.concurrency, args.max_tokens))
                 if repeat >= args.warmup:
                     samples[label].append(result)
                     print(f"[{family}] repeat {repeat - args.warmup + 1}/{args.repeats} {label}: "
@@ -175,18 +194,70 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
     finally:
         for server in servers.values():
             server.stop()
-    out = []
-    for label, kind, knobs, size in rows:
-        runs = samples[label]
-        row = {"family": family, "setting": label, "server": kind, "knobs": knobs, "image": list(size), "runs": runs}
-        for metric in runs[0]:
-            values = [r[metric] for r in runs if r[metric] is not None]
-            if values:
-                row[metric] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-        per_request = row["prompt_tokens"]["median"] + args.max_tokens
-        row["kv_admits_concurrency"] = kv_tokens[kind] / per_request if kv_tokens[kind] else None
-        out.append(row)
-    return out
+    return [_summary(family, label, kind, knobs, samples[label], kv_tokens[kind], args.max_tokens, image=list(size))
+            for label, kind, knobs, size in rows]
+
+
+def _summary(family, label, kind, knobs, runs, kv_tokens, max_tokens, **extra) -> dict:
+    """One table row: median, min and max of each metric over the repeats."""
+    row = {"family": family, "setting": label, "server": kind, "knobs": knobs, **extra, "runs": runs}
+    for metric in runs[0] if runs else ():
+        values = [r[metric] for r in runs if r[metric] is not None]
+        if values:
+            row[metric] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    per_request = row["prompt_tokens"]["median"] + max_tokens if "prompt_tokens" in row else None
+    row["kv_admits_concurrency"] = kv_tokens / per_request if kv_tokens and per_request else None
+    return row
+
+
+# --------------------------------------------------------------------------- video workload
+def bench_family_video(family: str, args, workdir: Path) -> list[dict]:
+    """Stock, zspa at each keep rate, and vLLM's EVS pruning the same share, on one video
+    workload. A setting whose server fails (EVS on vLLM 0.32's CPU backend) is reported
+    with its error instead of numbers."""
+    model_path = args.model or str(build_model(family, args.hidden, args.layers, workdir / family))
+    engine = ["--dtype", args.dtype, "--max-model-len", "8192", "--max-num-seqs", str(args.concurrency),
+              "--enforce-eager", "--limit-mm-per-prompt", json.dumps({"image": 0, "video": 1}), *args.engine_args.split()]
+    name = f"{family}-bench"
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    evs_rate = round(1 - VIDEO_KEEP_RATE, 6)
+    rows = [("stock vLLM", "stock", {})]
+    rows += [(f"zspa keep_rate={r:g}", "zspa", {"keep_rate": r, "core_ratio": 0.2}) for r in KEEP_RATES]
+    rows.append((f"vLLM EVS video_pruning_rate={evs_rate:g}", "evs", {}))
+    launch = {"stock": ([], True), "zspa": ([], False), "evs": (["--video-pruning-rate", str(evs_rate)], True)}
+    servers, samples, errors = {}, {label: [] for label, *_ in rows}, {}
+    try:
+        for kind, (extra, stock) in launch.items():
+            server = ServerProcess([model_path, "--served-model-name", name, *engine, *extra], workdir / f"{family}-video-{kind}.log",
+                                   env=env, stock=stock)
+            print(f"[{family}] {kind} server healthy after {server.wait_healthy(timeout=1200):.0f} s", flush=True)
+            servers[kind] = server
+        seed = 20_000
+        for repeat in range(args.warmup + args.repeats):
+            for label, kind, knobs in rows:  # interleaved, so drift hits every row alike
+                parts = [video_part(s) for s in range(seed, seed + args.requests)]  # fresh videos: no cache hits
+                seed += args.requests
+                if label in errors:
+                    continue
+                try:
+                    result = asyncio.run(_workload(servers[kind].base_url, name, parts, VIDEO_QUESTION, knobs,
+                                                   args.concurrency, args.max_tokens))
+                except Exception as error:  # noqa: BLE001 - reported in the table
+                    errors[label] = str(error).splitlines()[0][:160]
+                    print(f"[{family}] {label} failed: {errors[label]}", flush=True)
+                    continue
+                if repeat >= args.warmup:
+                    samples[label].append(result)
+                    print(f"[{family}] repeat {repeat - args.warmup + 1}/{args.repeats} {label}: TTFT p50 "
+                          f"{result['ttft_p50_ms']:.0f} ms, {result['requests_per_s']:.2f} req/s, "
+                          f"{result['prompt_tokens']:.0f} prompt tokens", flush=True)
+        kv_tokens = {kind: _kv_tokens(server.log_tail(10**7)) for kind, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    return [_summary(family, label, kind, knobs, samples[label], kv_tokens[kind], args.max_tokens,
+                     video=[VIDEO_FRAMES, *VIDEO_SIZE], **({"error": errors[label]} if label in errors else {}))
+            for label, kind, knobs in rows]
 
 
 # --------------------------------------------------------------------------- chat workloads
@@ -283,6 +354,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     stock = {r["family"]: r for r in rows if r["server"] == "stock" and not r["knobs"]}
     for r in rows:
         base = stock[r["family"]]
+        if "ttft_p50_ms" not in r:  # the server failed: say why
+            lines.append(f"| {r['family']} | {r['setting']} | failed: {r.get('error', 'no result')} |" + " - |" * (len(header) - 3))
+            continue
         kv_admits = "-" if r["kv_admits_concurrency"] is None else f"{r['kv_admits_concurrency']:.0f}"
         lines.append("| " + " | ".join([
             r["family"], r["setting"], _fmt(r["ttft_p50_ms"]), _fmt(r["ttft_p95_ms"]), _fmt(r["requests_per_s"], 2),
@@ -302,8 +376,9 @@ def plot(rows: list[dict], path: Path) -> None:
     families = list(dict.fromkeys(r["family"] for r in rows))
     fig, axes = plt.subplots(len(families), 2, figsize=(11, 3.2 * len(families)), squeeze=False)
     for (ax_ttft, ax_rps), family in zip(axes, families):
-        sub = [r for r in rows if r["family"] == family]
-        labels = [r["setting"].replace("zspa keep_rate=", "zspa ").replace("ideal: unpruned image of ~l(0.1) tokens", "ideal (l)") for r in sub]
+        sub = [r for r in rows if r["family"] == family and "ttft_p50_ms" in r]
+        labels = [r["setting"].replace("zspa keep_rate=", "zspa ").replace("ideal: unpruned image of ~l(0.1) tokens", "ideal (l)")
+                  .replace("vLLM EVS video_pruning_rate=", "EVS ") for r in sub]
         for ax, metric, title in ((ax_ttft, "ttft_p50_ms", "TTFT p50 (ms)"), (ax_rps, "requests_per_s", "requests / s")):
             med = [r[metric]["median"] for r in sub]
             err = [[m - r[metric]["min"] for m, r in zip(med, sub)], [r[metric]["max"] - m for m, r in zip(med, sub)]]
@@ -330,10 +405,11 @@ def main() -> int:
     p.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE (CPU KV cache, GiB)")
     p.add_argument("--engine-args", default="", help="more vllm serve options, one string")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
-    p.add_argument("--name", default="serve_bench_cpu", help="output file stem")
-    p.add_argument("--workload", choices=("single", "chat"), default="single",
+    p.add_argument("--name", default="serve_bench_cpu", help="output file stem (+ _chat / _video for those workloads)")
+    p.add_argument("--workload", choices=("single", "chat", "video"), default="single",
                    help="single: one image + question per request, keep rates swept; chat: multi-turn and "
-                        "same-image-many-questions workloads")
+                        "same-image-many-questions workloads; video: one video + question per request, keep "
+                        "rates swept, and vLLM's EVS")
     p.add_argument("--chat-keep-rate", type=float, default=0.25, help="chat workloads: the keep rate")
     p.add_argument("--conversations", type=int, default=8, help="chat: conversations per run")
     p.add_argument("--turns", type=int, default=4, help="chat: turns per conversation (the image in turn 1)")
@@ -347,17 +423,24 @@ def main() -> int:
         return main_chat(args)
 
     rows = []
+    bench = bench_family_video if args.workload == "video" else bench_family
     with tempfile.TemporaryDirectory(prefix="zspa-serve-bench-") as tmp:
         for family in args.families.split(","):
-            rows += bench_family(family, args, Path(tmp))
-    meta = _meta(args, f"{args.requests} requests per run at concurrency {args.concurrency}, one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} "
-                       f"image (a new one per request) + a {len(QUESTION.split())}-word question, {args.max_tokens} output "
-                       "tokens (ignore_eos)")
+            rows += bench(family, args, Path(tmp))
+    if args.workload == "video":
+        media = (f"one {VIDEO_FRAMES}-frame {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} MPEG-4 video at {VIDEO_FPS:g} frames/s (a new one "
+                 f"per request, a panning camera) + a {len(VIDEO_QUESTION.split())}-word question")
+    else:
+        media = (f"one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image (a new one per request) + a {len(QUESTION.split())}-word "
+                 "question")
+    meta = _meta(args, f"{args.requests} requests per run at concurrency {args.concurrency}, {media}, "
+                       f"{args.max_tokens} output tokens (ignore_eos)")
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, meta)
-    (args.out / f"{args.name}.md").write_text(table)
-    (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    plot(rows, args.out / f"{args.name}.png")
+    stem = args.name + ("_video" if args.workload == "video" else "")
+    (args.out / f"{stem}.md").write_text(table)
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    plot(rows, args.out / f"{stem}.png")
     print(table)
     return 0
 

@@ -1,9 +1,10 @@
 """Evaluation rows from a local JSONL file or a Hugging Face ``datasets`` name.
 
 Each row: ``image`` (a path relative to the JSONL file or absolute, an http(s) URL, a
-``data:`` URL or bare base64), ``question``, ``answer`` and ``type`` (``yesno``, ``mc`` or
-``short``); an optional ``id`` (default: the row number). For ``mc`` rows the question
-should list the options and the answer is the option letter.
+``data:`` URL or bare base64) or ``video`` (a path to a video file, an http(s) URL or a
+``data:`` URL), ``question``, ``answer`` and ``type`` (``yesno``, ``mc`` or ``short``); an
+optional ``id`` (default: the row number). For ``mc`` rows the question should list the
+options and the answer is the option letter.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from zspa_eval.scoring import ANSWER_TYPES
 @dataclass(frozen=True)
 class Row:
     id: str
-    image_url: str  # what goes into the request's image_url
+    media_url: str  # what goes into the request's image_url or video_url
     question: str
     answer: str
     type: str
+    media: str = "image"  # or "video"
 
 
 def load_rows(source: str, *, split: str = "test", limit: int | None = None) -> list[Row]:
@@ -51,18 +53,36 @@ def _hf_records(name: str, split: str) -> list[dict]:
 
 def _row(record: dict, index: int, base: Path | None, source: str) -> Row:
     where = f"{source} row {index}"
-    for field in ("image", "question", "answer", "type"):
+    media = [m for m in ("image", "video") if record.get(m) not in (None, "")]
+    if len(media) != 1:
+        raise ValueError(f"{where}: needs exactly one of 'image' or 'video', got {media or 'neither'}")
+    for field in ("question", "answer", "type"):
         if record.get(field) in (None, ""):
             raise ValueError(f"{where}: missing {field!r}")
     if record["type"] not in ANSWER_TYPES:
         raise ValueError(f"{where}: type must be one of {ANSWER_TYPES}, got {record['type']!r}")
+    (kind,) = media
+    url = _image_url(record["image"], base, where) if kind == "image" else _video_url(record["video"], base, where)
     return Row(
         id=str(record.get("id", index)),
-        image_url=_image_url(record["image"], base, where),
+        media_url=url,
         question=str(record["question"]),
         answer=str(record["answer"]),
         type=record["type"],
+        media=kind,
     )
+
+
+def _video_url(video, base: Path | None, where: str) -> str:
+    if not isinstance(video, str):
+        raise ValueError(f"{where}: video must be a path or URL, got {type(video).__name__}")
+    if video.startswith(("http://", "https://", "data:")):
+        return video
+    path = Path(video) if base is None or Path(video).is_absolute() else base / video
+    if not path.is_file():
+        raise ValueError(f"{where}: video {video[:60]!r} is not a file or URL")
+    mime = mimetypes.guess_type(path.name)[0] or "video/mp4"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def _image_url(image, base: Path | None, where: str) -> str:

@@ -69,7 +69,7 @@ class Endpoint:
 
     def body(self, row: Row, cell: Cell) -> dict:
         content = [
-            {"type": "image_url", "image_url": {"url": row.image_url}},
+            {"type": f"{row.media}_url", f"{row.media}_url": {"url": row.media_url}},
             {"type": "text", "text": f"{row.question}\n{INSTRUCTIONS[row.type]}"},
         ]
         body = {"model": self.model, "messages": [{"role": "user", "content": content}],

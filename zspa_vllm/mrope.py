@@ -31,6 +31,7 @@ import dataclasses
 
 import torch
 
+from zspa_vllm.processor import field_names
 from zspa_vllm.runner_hooks import install_runner_hooks
 
 # Extra embedding columns on a pruned item's kept rows: (t // 256, t % 256, h // 256,
@@ -48,7 +49,7 @@ def _unpruned_length(feature, merge: int) -> int | None:
     if feature.data is None or grid_key not in feature.data:
         return None
     num_visual = int(feature.data[grid_key].data.prod()) // merge**2
-    return num_visual if feature.mm_position.length < num_visual else None
+    return num_visual if feature.mm_position.get_num_embeds() < num_visual else None
 
 
 class PrunedMropeMixin:
@@ -69,9 +70,10 @@ class PrunedMropeMixin:
         return self.config.text_config.hidden_size
 
     def embed_multimodal(self, **kwargs):
-        # the grids (and a video's seconds per grid step) of this call, for
-        # _zspa_kept_rows (the worker is single-threaded)
-        self._zspa_call = {k: kwargs.get(k) for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
+        # the grids and a video's per-step offsets (the processor's, each family's rule)
+        # of this call, for _zspa_kept_rows (the worker is single-threaded)
+        keys = ("image_grid_thw", "video_grid_thw", field_names("video")["frame_offsets"])
+        self._zspa_call = {key: kwargs.get(key) for key in keys}
         try:
             return super().embed_multimodal(**kwargs)
         finally:
@@ -81,31 +83,30 @@ class PrunedMropeMixin:
         t, h, w = (int(x) for x in self._zspa_call[f"{modality}_grid_thw"][item])
         merge = self.config.vision_config.spatial_merge_size
         frame_size, grid_w = (h // merge) * (w // merge), w // merge
-        # tokens are in (t, h, w) row-major order
+        # tokens are in (t, h, w) row-major order; a kept token sits at its grid step's
+        # offset (an image's only step: 0) plus (0, row, column)
         frames, rows, cols = kept // frame_size, kept % frame_size // grid_w, kept % grid_w
-        times = self._zspa_frame_positions(frames, modality, item)
-        offsets = torch.stack([times, rows, cols], dim=1)
+        offsets = torch.stack([torch.zeros_like(rows), rows, cols], dim=1)
+        if modality == "video":
+            steps = self._zspa_call[field_names("video")["frame_offsets"]][item]
+            offsets = offsets + torch.as_tensor(steps, device=kept.device)[frames]
         channels = torch.stack([offsets // _RADIX, offsets % _RADIX], dim=2).reshape(-1, POS_CHANNELS)
         return torch.cat([visual[kept], channels.to(device=visual.device, dtype=visual.dtype)], dim=1)
 
-    def _zspa_frame_positions(self, frames: torch.Tensor, modality: str, item: int) -> torch.Tensor:
-        """The t position offsets of grid steps ``frames``: vLLM's rule for Qwen2-VL and
-        Qwen2.5-VL (``iter_mm_grid_thw``): ``int(step * seconds_per_step *
-        tokens_per_second)`` in float64, both factors 1 where the model has none."""
-        if modality != "video":
-            return frames
-        seconds = self._zspa_call.get("second_per_grid_ts")
-        factor = float(seconds[item]) if seconds is not None else 1.0
-        factor *= getattr(self.config.vision_config, "tokens_per_second", 1.0)
-        return frames if factor == 1.0 else (frames.double() * factor).long()
+    def _zspa_unpruned_region(self, feature, region: list[int], num_visual: int) -> tuple[list[int], list[int]]:
+        """A pruned item's placeholder tokens as they would be unpruned, and for each of
+        its pruned tokens the index there whose position it starts from (a kept token:
+        the item's first visual token, its base). Default: the region is one run of
+        placeholder tokens."""
+        return [region[0]] * num_visual, [0] * len(region)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         merge = self.config.vision_config.spatial_merge_size
         if not any(_unpruned_length(f, merge) for f in mm_features):
             return super().get_mrope_input_positions(input_tokens, mm_features)  # stock
         # vLLM's own rule (the family's, with its video layout) on the prompt as it would
-        # be unpruned; then each pruned image's run takes the image's base position in
-        # every channel (recompute_mrope_positions adds the kept tokens' (h, w) later),
+        # be unpruned; then each pruned item's tokens take the item's base position in
+        # every channel (recompute_mrope_positions adds the kept tokens' offsets later),
         # and the text after it keeps its place past the full grid.
         tokens, features, picks, st = [], [], [], 0
         for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
@@ -115,9 +116,11 @@ class PrunedMropeMixin:
             start = len(tokens)
             num_visual = _unpruned_length(feature, merge)
             if num_visual:
-                tokens.extend([input_tokens[place.offset]] * num_visual)
-                picks.extend([start] * place.length)
-                place = dataclasses.replace(place, offset=start, length=num_visual, is_embed=None)
+                region = list(input_tokens[place.offset : place.offset + place.length])
+                unpruned, region_picks = self._zspa_unpruned_region(feature, region, num_visual)
+                tokens.extend(unpruned)
+                picks.extend(start + i for i in region_picks)
+                place = dataclasses.replace(place, offset=start, length=len(unpruned), is_embed=None)
             else:
                 tokens.extend(input_tokens[place.offset : place.offset + place.length])
                 picks.extend(range(start, start + place.length))

@@ -43,6 +43,7 @@ FIELDS = (
     "num_core",  # of which chosen by relevance
     "method",  # index into zspa_vllm.prune.METHODS
     "content_key",  # 32 bytes naming its unpruned encoder output (zspa_vllm.encoder_cache)
+    "frame_offsets",  # videos: (steps, 3) M-RoPE offset of each grid step from the video's base
 )
 MODALITIES = ("image", "video")  # what a family may prune
 
@@ -185,6 +186,11 @@ class PruningProcessorMixin:
         families that prune videos."""
         raise NotImplementedError(f"{type(self).__name__} does not prune videos")
 
+    def _zspa_frame_offsets(self, processed, item: int) -> list[list[int]]:
+        """For families that prune videos and use M-RoPE: the (t, h, w) position offset
+        of each grid step of video ``item`` from the video's first token."""
+        raise NotImplementedError(f"{type(self).__name__} does not prune videos")
+
     # -- helpers
 
     def _zspa_token_counts(self, mm_items, mm_kwargs, modality: str) -> list[int]:
@@ -218,6 +224,9 @@ class PruningProcessorMixin:
         processed[names["method"]] = torch.tensor([method] * len(counts), dtype=torch.long)
         keys = [list(plan.content_key(modality, i)) for i in range(len(counts))]
         processed[names["content_key"]] = torch.tensor(keys, dtype=torch.uint8).reshape(len(counts), 32)
+        if modality == "video":
+            offsets = [self._zspa_frame_offsets(processed, i) for i in range(len(counts))]
+            processed[names["frame_offsets"]] = [torch.tensor(o, dtype=torch.long).reshape(-1, 3) for o in offsets]
 
     def _zspa_placeholder_count(self, num_visual: int, hf_processor_mm_kwargs: Mapping[str, Any]) -> int:
         """Placeholder tokens for an item of ``num_visual`` tokens under this request."""

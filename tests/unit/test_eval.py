@@ -107,7 +107,7 @@ SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "eval" / "synthet
 def test_synthetic_dataset_loads_every_image_form():
     rows = load_rows(str(SYNTHETIC))
     assert [r.type for r in rows].count("yesno") == 4 and len(rows) == 8
-    assert all(r.image_url.startswith("data:image/png;base64,") for r in rows)  # file, bare base64, data URL
+    assert all(r.media == "image" and r.media_url.startswith("data:image/png;base64,") for r in rows)  # file, bare base64, data URL
     assert load_rows(str(SYNTHETIC), limit=3)[-1].id == "q2"
 
 
@@ -117,6 +117,9 @@ def test_synthetic_dataset_loads_every_image_form():
         ({"image": "x.png", "question": "q", "answer": "a"}, "missing 'type'"),
         ({"image": "x.png", "question": "q", "answer": "a", "type": "essay"}, "type must be one of"),
         ({"image": "no such file!", "question": "q", "answer": "a", "type": "short"}, "not a file, URL or base64"),
+        ({"video": "missing.mp4", "question": "q", "answer": "a", "type": "short"}, "video 'missing.mp4' is not a file or URL"),
+        ({"question": "q", "answer": "a", "type": "short"}, "needs exactly one of 'image' or 'video', got neither"),
+        ({"image": "x.png", "video": "x.mp4", "question": "q", "answer": "a", "type": "short"}, "got \\['image', 'video'\\]"),
     ],
 )
 def test_bad_rows_name_the_row_and_field(tmp_path, record, message):
@@ -124,3 +127,23 @@ def test_bad_rows_name_the_row_and_field(tmp_path, record, message):
     data.write_text(json.dumps(record) + "\n")
     with pytest.raises(ValueError, match=message):
         load_rows(str(data))
+
+
+def test_video_rows_become_video_url_parts(tmp_path):
+    from tests.fixtures.images import make_video, video_mp4
+    from zspa_eval.sweep import Endpoint
+
+    (tmp_path / "clip.mp4").write_bytes(video_mp4(make_video(64, 48, 4)))
+    records = [
+        {"video": "clip.mp4", "question": "Does the camera move?", "answer": "yes", "type": "yesno"},
+        {"video": "https://example.com/clip.mp4", "question": "What moves?", "answer": "a disc", "type": "short"},
+    ]
+    data = tmp_path / "video.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    file_row, url_row = load_rows(str(data))
+    assert file_row.media == url_row.media == "video"
+    assert file_row.media_url.startswith("data:video/mp4;base64,") and url_row.media_url == records[1]["video"]
+    body = Endpoint("http://127.0.0.1:1/v1", "m").body(file_row, Cell("zspa", 0.25, 0.2))
+    part = body["messages"][0]["content"][0]
+    assert part == {"type": "video_url", "video_url": {"url": file_row.media_url}}
+    assert body["keep_rate"] == 0.25

@@ -4,8 +4,8 @@ Qwen3-VL, Qwen3-VL-MoE).
 Processor: an image is one uniform run of ``<|image_pad|>`` tokens, ``t * h * w /
 merge**2`` long (``image_grid_thw``, for pixels and precomputed embeddings alike), and
 so is a video in Qwen2-VL and Qwen2.5-VL (``<|video_pad|>``, ``video_grid_thw``, all
-frames in one run); the replacement shortens each pruned run to the budget. Qwen3-VL
-puts timestamp text between a video's frames, so its family prunes images only. Model:
+frames in one run); the replacement shortens each pruned run to the budget (Qwen3-VL's
+videos, with timestamp text between grid steps: ``zspa_vllm.models.qwen3_vl``). Model:
 items' patches are laid back to back in ``pixel_values`` / ``pixel_values_videos``
 (flat), and the vision encoder's CUDA graph is not used for pruned modalities (a
 captured graph would skip ``embed_multimodal``, and so the selection). M-RoPE
@@ -62,6 +62,15 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
             )
         )
 
+    def _zspa_frame_offsets(self, processed, item):
+        # vLLM's rule (Qwen2_5_VLForConditionalGeneration.iter_mm_grid_thw): grid step k
+        # sits at t + int(k * seconds per step * tokens_per_second), both 1 where absent
+        steps = int(processed["video_grid_thw"][item][0])
+        seconds = processed.get("second_per_grid_ts")
+        factor = float(seconds[item]) if seconds is not None else 1.0
+        factor *= getattr(self.info.get_hf_config().vision_config, "tokens_per_second", 1.0)
+        return [[int(k * factor), 0, 0] for k in range(steps)]
+
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         # vLLM's image and video replacements, those of pruned modalities with the pruned count
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
@@ -70,12 +79,16 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
 
         def pruned(update):
             def replacement(item_idx: int):
-                full = update.replacement(item_idx)
-                return full[:1] * self._zspa_placeholder_count(len(full), hf_processor_mm_kwargs)
+                return self._zspa_pruned_replacement(update, item_idx, out_mm_kwargs, hf_processor_mm_kwargs)
 
             return PromptReplacement(modality=update.modality, target=update.target, replacement=replacement)
 
         return [pruned(u) if u.modality in self.PRUNED_MODALITIES else u for u in updates]
+
+    def _zspa_pruned_replacement(self, update, item_idx, out_mm_kwargs, hf_processor_mm_kwargs):
+        """vLLM's run of placeholder tokens for the item, shortened to its budget."""
+        full = update.replacement(item_idx)
+        return full[:1] * self._zspa_placeholder_count(len(full), hf_processor_mm_kwargs)
 
 
 class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
@@ -83,21 +96,23 @@ class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
 
     PRUNED_MODALITIES = QwenPruningProcessorMixin.PRUNED_MODALITIES  # as its processor's
     _PIXELS = {"image": "pixel_values", "video": "pixel_values_videos"}
+    _PER_VIDEO = ("second_per_grid_ts", "timestamps")  # Qwen2.5-VL's, Qwen3-VL's: one entry per video
 
     def _zspa_select_inputs(self, kwargs, indices, count):
         if indices == list(range(count)):
             return kwargs
         modality = "video" if "video_grid_thw" in kwargs else "image"
         pixels_key, grid_key = self._PIXELS[modality], f"{modality}_grid_thw"
-        if not {pixels_key, grid_key} <= set(kwargs) <= {pixels_key, grid_key, "second_per_grid_ts"}:
+        if not {pixels_key, grid_key} <= set(kwargs) <= {pixels_key, grid_key, *self._PER_VIDEO}:
             return None
         # the pixels hold every item's patches back to back: t * h * w rows each
         grid = kwargs[grid_key]
         ends = torch.cumsum(grid.prod(dim=-1), dim=0).tolist()
         pixels = [kwargs[pixels_key][(ends[i - 1] if i else 0) : ends[i]] for i in indices]
         selected = {pixels_key: torch.cat(pixels), grid_key: grid[indices]}
-        if "second_per_grid_ts" in kwargs:  # Qwen2.5-VL videos: one per video
-            selected["second_per_grid_ts"] = torch.as_tensor(kwargs["second_per_grid_ts"])[indices]
+        for key in set(self._PER_VIDEO) & set(kwargs):
+            value = kwargs[key]
+            selected[key] = value[indices] if isinstance(value, torch.Tensor) else [value[i] for i in indices]
         return selected
 
     def get_encoder_cudagraph_config(self):
@@ -113,13 +128,32 @@ class Qwen3PruningModelMixin(QwenPruningModelMixin):
     concatenated as extra columns (``visual_dim`` each), which vLLM splits off again in
     ``_compute_deepstack_embeds`` and adds to the first LLM layers' hidden states. The
     selection compares the main features only; a kept token keeps its deepstack
-    columns (the same rows), and our position columns go after all of them. Videos
-    are not pruned (timestamp text between frames)."""
-
-    PRUNED_MODALITIES = ("image",)
+    columns (the same rows), and our position columns go after all of them. A video's
+    grid steps are laid out like images, each after its timestamp text
+    (``_zspa_unpruned_region``)."""
 
     def _zspa_embedding_width(self) -> int:
         return self.visual_dim + self.multiscale_dim  # multiscale_dim is 0 without deepstack
 
     def _zspa_selection_features(self, visual):
         return visual[:, : self.visual_dim]
+
+    def _zspa_unpruned_region(self, feature, region, num_visual):
+        if feature.modality != "video":
+            return super()._zspa_unpruned_region(feature, region, num_visual)
+        # <t seconds><|vision_start|> pads <|vision_end|> per grid step: every step's run
+        # of pads (empty in a pruned video's later steps) back to its full size
+        config = self.config
+        steps = int(feature.data["video_grid_thw"].data[0])
+        cells = num_visual // steps
+        tokens, picks, base = [], [], None
+        for token in region:
+            if token == config.video_token_id:
+                picks.append(base)  # a kept token: the video's base, its offsets come later
+                continue
+            picks.append(len(tokens))
+            tokens.append(token)
+            if token == config.vision_start_token_id:
+                base = len(tokens) if base is None else base
+                tokens.extend([config.video_token_id] * cells)
+        return tokens, picks

@@ -1,12 +1,11 @@
-"""Qwen3.5 (``Qwen3_5ForConditionalGeneration``) with ZSPAPrune, for images.
+"""Qwen3.5 (``Qwen3_5ForConditionalGeneration``) with ZSPAPrune, for images and videos.
 
 Qwen3-VL's processing and vision tower (without DeepStack) in front of a hybrid LLM:
 Gated DeltaNet (linear-attention) layers beside full-attention ones. Pruning only
-shortens the image runs of the prompt, which both kinds of layer then see; nothing here
+shortens the image and video runs of the prompt, which both kinds of layer then see; nothing here
 differs from Qwen3-VL (``Qwen3PruningModelMixin``: with no DeepStack levels the rows are
 the LLM inputs). What vLLM's prefix caching keeps for hybrid models (the recurrent state
 at block boundaries only, "align" mode) is covered in tests/engine/test_zspa_qwen.py.
-Videos are never pruned.
 """
 
 from __future__ import annotations
@@ -30,4 +29,4 @@ class ZspaQwen3_5ProcessingInfo(PruningInfoMixin, Qwen3_5ProcessingInfo):
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
 class ZspaQwen3_5ForConditionalGeneration(Qwen3PruningModelMixin, Qwen3_5ForConditionalGeneration):
-    """vLLM's Qwen3.5 with ZSPAPrune on images, M-RoPE positions kept."""
+    """vLLM's Qwen3.5 with ZSPAPrune on images and videos, M-RoPE positions kept."""

@@ -1,4 +1,4 @@
-"""Qwen3.5-MoE (``Qwen3_5MoeForConditionalGeneration``) with ZSPAPrune, for images:
+"""Qwen3.5-MoE (``Qwen3_5MoeForConditionalGeneration``) with ZSPAPrune, for images and videos:
 Qwen3.5's vision side (``zspa_vllm.models.qwen3_5``) on a mixture-of-experts hybrid LLM,
 which pruning does not touch."""
 
@@ -23,4 +23,4 @@ class ZspaQwen3_5MoeProcessingInfo(PruningInfoMixin, Qwen3_5MoeProcessingInfo):
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
 class ZspaQwen3_5MoeForConditionalGeneration(Qwen3PruningModelMixin, Qwen3_5MoeForConditionalGeneration):
-    """vLLM's Qwen3.5-MoE with ZSPAPrune on images, M-RoPE positions kept."""
+    """vLLM's Qwen3.5-MoE with ZSPAPrune on images and videos, M-RoPE positions kept."""

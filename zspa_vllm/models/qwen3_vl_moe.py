@@ -1,4 +1,4 @@
-"""Qwen3-VL-MoE (``Qwen3VLMoeForConditionalGeneration``) with ZSPAPrune, for images:
+"""Qwen3-VL-MoE (``Qwen3VLMoeForConditionalGeneration``) with ZSPAPrune, for images and videos:
 Qwen3-VL's vision side (``zspa_vllm.models.qwen3_vl``) on a mixture-of-experts LLM,
 which pruning does not touch."""
 
@@ -23,4 +23,4 @@ class ZspaQwen3VLMoeProcessingInfo(PruningInfoMixin, Qwen3VLMoeProcessingInfo):
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
 class ZspaQwen3VLMoeForConditionalGeneration(Qwen3PruningModelMixin, Qwen3VLMoeForConditionalGeneration):
-    """vLLM's Qwen3-VL-MoE with ZSPAPrune on images, deepstack levels and M-RoPE positions kept."""
+    """vLLM's Qwen3-VL-MoE with ZSPAPrune on images and videos, deepstack levels and M-RoPE positions kept."""
