@@ -76,12 +76,16 @@ async def stream_chat(client, body: dict) -> tuple[float, dict, list[int] | None
             if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:  # the server failed after the response started
+                raise RuntimeError(f"stream error: {chunk['error']}")
             prompt_ids = chunk.get("prompt_token_ids") or prompt_ids
             for choice in chunk.get("choices") or []:
                 if ttft is None:
                     ttft = time.perf_counter() - start
                 text.append((choice.get("delta") or {}).get("content") or "")
             usage = chunk.get("usage") or usage
+    if ttft is None or usage is None:
+        raise RuntimeError("the stream ended without tokens or usage")
     return ttft, usage, prompt_ids, "".join(text)
 
 

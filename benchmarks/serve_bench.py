@@ -243,7 +243,10 @@ def bench_family_video(family: str, args, workdir: Path) -> list[dict]:
                     result = asyncio.run(_workload(servers[kind].base_url, name, parts, VIDEO_QUESTION, knobs,
                                                    args.concurrency, args.max_tokens))
                 except Exception as error:  # noqa: BLE001 - reported in the table
-                    errors[label] = str(error).splitlines()[0][:160]
+                    # the root cause from the server's log, not the engine-died error after it
+                    causes = [c for c in re.findall(r"^.*?(\w+Error: .+)$", servers[kind].log_tail(200_000), re.M)
+                              if not c.startswith("EngineDeadError")]
+                    errors[label] = (causes[-1] if causes else str(error).splitlines()[0])[:160]
                     print(f"[{family}] {label} failed: {errors[label]}", flush=True)
                     continue
                 if repeat >= args.warmup:

@@ -205,8 +205,15 @@ class PruningProcessorMixin:
             sizes = [items.get_image_size(i) for i in range(len(items))]
             return [self._zspa_num_image_tokens(size.width, size.height, mm_kwargs) for size in sizes]
         if isinstance(items, VideoProcessorItems):
-            sizes = [(items.get_frame_size(i), items.get_num_frames(i)) for i in range(len(items))]
-            return [self._zspa_num_video_tokens(size.width, size.height, frames, mm_kwargs) for size, frames in sizes]
+            counts = []
+            for i in range(len(items)):
+                video = items.get(i)
+                # (frames, metadata) where the family needs metadata, which vLLM's own
+                # get_frame_size / get_num_frames do not unwrap
+                frames = VideoProcessorItems([video[0] if isinstance(video, tuple) else video])
+                size = frames.get_frame_size(0)
+                counts.append(self._zspa_num_video_tokens(size.width, size.height, frames.get_num_frames(0), mm_kwargs))
+            return counts
         return []
 
     def _zspa_add_fields(self, plan: PrunePlan, processed, modality: str) -> None:

@@ -524,8 +524,10 @@ def test_video_token_counts(engines, with_image):
     video, image = fresh_video(), fresh(336, 336) if with_image else None
     full = ask_video(llm, video, image)
     n = list(full.prompt_token_ids).count(VIDEO)
-    # vLLM's own count from the frame size (what the usage report uses)
-    assert llm.renderer.get_mm_processor()._zspa_num_video_tokens(*VIDEO_SIZE, VIDEO_FRAMES, {}) == n
+    # what the usage report counts: vLLM's own count from the frames of the parsed item
+    processor = llm.renderer.get_mm_processor()
+    items = processor.info.get_data_parser().parse_mm_data({"video": (video, video_meta(VIDEO_FRAMES))})
+    assert processor._zspa_token_counts(items, {}, "video") == [n]
     if not engines.family.startswith("qwen3"):
         assert n == (VIDEO_SIZE[0] // 28) * (VIDEO_SIZE[1] // 28) * (VIDEO_FRAMES // 2) == 96  # no resize at this size
     for knobs in ({"keep_rate": 1.0}, {"keep_rate": 0.25, "prune_method": "none"}):
