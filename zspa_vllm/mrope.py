@@ -42,7 +42,7 @@ _RADIX = 256
 
 
 def _unpruned_length(feature, merge: int) -> int | None:
-    """A pruned item's unpruned token count (its run is shorter than its grid), else
+    """A pruned item's unpruned token count (it has fewer embeddings than its grid), else
     None. Read from the grid, which vLLM keeps in the feature even where it drops the
     rest of an item's data (an item wholly served from the prefix cache)."""
     grid_key = f"{feature.modality}_grid_thw"
@@ -58,7 +58,7 @@ class PrunedMropeMixin:
     one token per merged-grid cell (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."""
 
     # Read by the runner hooks: this model needs recompute_mrope_positions called.
-    zspa_prunes_images = True
+    zspa_prunes_media = True
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -80,7 +80,7 @@ class PrunedMropeMixin:
             self._zspa_call = None
 
     def _zspa_kept_rows(self, visual, kept, modality, item):
-        t, h, w = (int(x) for x in self._zspa_call[f"{modality}_grid_thw"][item])
+        _, h, w = (int(x) for x in self._zspa_call[f"{modality}_grid_thw"][item])
         merge = self.config.vision_config.spatial_merge_size
         frame_size, grid_w = (h // merge) * (w // merge), w // merge
         # tokens are in (t, h, w) row-major order; a kept token sits at its grid step's

@@ -2,7 +2,7 @@
 ``is_multimodal_pruning_enabled`` is set, which needs ``video_pruning_rate`` (GPU) or
 never happens (the CPU runner). ``install_runner_hooks`` (run from an M-RoPE pruning
 model's constructor, inside the worker's load_model) turns it on for models reporting
-``zspa_prunes_images``. Every hook keeps ``functools.wraps``, so the pinned-signature
+``zspa_prunes_media``. Every hook keeps ``functools.wraps``, so the pinned-signature
 tests (tests/unit/test_upstream_hooks.py) still see upstream's signature.
 """
 
@@ -36,7 +36,7 @@ def install_runner_hooks() -> None:
 
         @functools.wraps(gather)  # keeps the upstream signature visible (tests/unit/test_upstream_hooks.py)
         def _gather_mm_embeddings(self, *args, **kwargs):
-            if not self.is_multimodal_pruning_enabled and getattr(self.get_model(), "zspa_prunes_images", False):
+            if not self.is_multimodal_pruning_enabled and getattr(self.get_model(), "zspa_prunes_media", False):
                 self.is_multimodal_pruning_enabled = True
             return gather(self, *args, **kwargs)
 
@@ -51,7 +51,7 @@ def install_runner_hooks() -> None:
         @functools.wraps(create)
         def maybe_create_mm_pruner(model_config, model, rope_state, encoder_cache):
             pruner = create(model_config, model, rope_state, encoder_cache)
-            if pruner is None and getattr(model, "zspa_prunes_images", False) and None not in (rope_state, encoder_cache):
+            if pruner is None and getattr(model, "zspa_prunes_media", False) and None not in (rope_state, encoder_cache):
                 # the width strip() cuts to: ours, which keeps Qwen3-VL's deepstack columns
                 # (model_config.get_inputs_embeds_size() would cut them off)
                 pruner = mm_pruning.MultiModalPruner(model, rope_state, encoder_cache, model._zspa_embedding_width())

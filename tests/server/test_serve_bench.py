@@ -18,12 +18,17 @@ pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_serve_bench_smallest_run(tmp_path):
-    command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), "--families", "llava-1.5",
-               "--hidden", "128", "--layers", "2", "--requests", "3", "--concurrency", "3", "--max-tokens", "2",
-               "--repeats", "2", "--warmup", "0", "--kv-cache-gib", "1", "--out", str(tmp_path), "--name", "smoke"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+def run_bench(tmp_path, *args: str, timeout: int = 1200) -> None:
+    """serve_bench.py at the smallest model size (a 2x128 LLM, 2 output tokens, no
+    warm-up), writing smoke*.{md,json,png} into ``tmp_path``."""
+    command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), *args, "--hidden", "128", "--layers", "2",
+               "--max-tokens", "2", "--warmup", "0", "--kv-cache-gib", "1", "--out", str(tmp_path), "--name", "smoke"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_serve_bench_smallest_run(tmp_path):
+    run_bench(tmp_path, "--families", "llava-1.5", "--requests", "3", "--concurrency", "3", "--repeats", "2")
     data = json.loads((tmp_path / "smoke.json").read_text())
     rows = {row["setting"]: row for row in data["rows"]}
     assert list(rows) == ["stock vLLM", "zspa keep_rate=1", "zspa keep_rate=0.5", "zspa keep_rate=0.25", "zspa keep_rate=0.1"]
@@ -45,12 +50,8 @@ def test_serve_bench_chat_workloads_smallest_run(tmp_path):
     """The chat workloads: encoder work per conversation / image is what each setting
     should do (numbers of requests and encoder runs, not timings, are checked)."""
     turns, questions = 3, 3
-    command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), "--workload", "chat", "--families", "llava-1.5",
-               "--hidden", "128", "--layers", "2", "--conversations", "1", "--turns", str(turns), "--images", "1",
-               "--questions", str(questions), "--concurrency", "1", "--max-tokens", "2", "--repeats", "1", "--warmup", "0",
-               "--kv-cache-gib", "1", "--out", str(tmp_path), "--name", "smoke"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_bench(tmp_path, "--workload", "chat", "--families", "llava-1.5", "--conversations", "1", "--turns", str(turns),
+              "--images", "1", "--questions", str(questions), "--concurrency", "1", "--repeats", "1", timeout=1500)
     data = json.loads((tmp_path / "smoke_chat.json").read_text())
 
     def median(row, key):
@@ -84,11 +85,8 @@ def test_serve_bench_video_workload_smallest_run(tmp_path):
     shrinks the prompt by exactly n - l of the video's tokens, the usage report counts
     the video, and vLLM's EVS row is either measured or reported with its error (vLLM
     0.32's CPU backend never strips EVS's position columns, so its requests fail here)."""
-    command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), "--workload", "video", "--families", "qwen2.5-vl",
-               "--hidden", "128", "--layers", "2", "--requests", "2", "--concurrency", "2", "--max-tokens", "2",
-               "--repeats", "1", "--warmup", "0", "--kv-cache-gib", "1", "--out", str(tmp_path), "--name", "smoke"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_bench(tmp_path, "--workload", "video", "--families", "qwen2.5-vl", "--requests", "2", "--concurrency", "2",
+              "--repeats", "1")
     data = json.loads((tmp_path / "smoke_video.json").read_text())
     rows = {row["setting"]: row for row in data["rows"]}
     evs = "vLLM EVS video_pruning_rate=0.75"

@@ -21,7 +21,7 @@ from vllm.multimodal.processing import PromptReplacement
 
 from zspa_vllm.model import PruningModelMixin
 from zspa_vllm.mrope import PrunedMropeMixin
-from zspa_vllm.processor import ZSPA_KWARG, PruningProcessorMixin
+from zspa_vllm.processor import MODALITIES, ZSPA_KWARG, PruningProcessorMixin
 from zspa_vllm.query import CHATML_USER_TURN
 
 
@@ -29,7 +29,7 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
     """Mix in before a vLLM Qwen-VL multimodal processor."""
 
     QUERY_PATTERN = CHATML_USER_TURN  # "<|im_start|>user\n{content}<|im_end|>"
-    PRUNED_MODALITIES = ("image", "video")  # a video: one run over all its frames
+    PRUNED_MODALITIES = MODALITIES  # images and videos (a video: one budget over all its frames)
 
     def _zspa_visual_counts(self, processed, modality):
         grid = processed.get(f"{modality}_grid_thw")  # pixel inputs and precomputed embeddings
@@ -94,7 +94,6 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
 class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
     """Mix in before a vLLM Qwen-VL model class."""
 
-    PRUNED_MODALITIES = QwenPruningProcessorMixin.PRUNED_MODALITIES  # as its processor's
     _PIXELS = {"image": "pixel_values", "video": "pixel_values_videos"}
     _PER_VIDEO = ("second_per_grid_ts", "timestamps")  # Qwen2.5-VL's, Qwen3-VL's: one entry per video
 
@@ -118,7 +117,7 @@ class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
     def get_encoder_cudagraph_config(self):
         # a captured encoder graph would skip embed_multimodal, and so the pruning
         config = super().get_encoder_cudagraph_config()
-        return dataclasses.replace(config, modalities=[m for m in config.modalities if m not in self.PRUNED_MODALITIES])
+        return dataclasses.replace(config, modalities=[m for m in config.modalities if m not in MODALITIES])
 
 
 class Qwen3PruningModelMixin(QwenPruningModelMixin):
