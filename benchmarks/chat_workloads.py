@@ -64,9 +64,10 @@ def rows(keep_rate: float) -> tuple[list, list]:
 
 
 # --------------------------------------------------------------------------- requests
-async def stream_chat(client, body: dict) -> tuple[float, dict, list[int] | None, str]:
+async def stream_chat(client, body: dict, arrivals: list[float] | None = None) -> tuple[float, dict, list[int] | None, str]:
     """POST a streamed chat completion: (seconds to the first token, usage, the prompt's
-    token ids if asked for with return_token_ids, the answer's text)."""
+    token ids if asked for with return_token_ids, the answer's text). ``arrivals``, if
+    given, gets the time (perf_counter) of every chunk that carries a generated token."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     start, ttft, usage, prompt_ids, text = time.perf_counter(), None, None, None, []
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -82,6 +83,8 @@ async def stream_chat(client, body: dict) -> tuple[float, dict, list[int] | None
             for choice in chunk.get("choices") or []:
                 if ttft is None:
                     ttft = time.perf_counter() - start
+                if arrivals is not None and "role" not in (choice.get("delta") or {}):  # not the role-only opener
+                    arrivals.append(time.perf_counter())
                 text.append((choice.get("delta") or {}).get("content") or "")
             usage = chunk.get("usage") or usage
     if ttft is None or usage is None:

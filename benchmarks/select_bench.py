@@ -1,68 +1,190 @@
-"""Time zspa_vllm.prune.select_tokens at the sizes of real models.
+"""Time zspa_vllm.prune.select_tokens at the sizes of real models, next to the time of
+the vision encoder that produced the tokens, on the same device.
 
     python benchmarks/select_bench.py [--repeats 7] [--device cpu|cuda|all] [--dtype bfloat16]
+                                      [--encoder-repeats 3] [--no-encoder]
 
-(n, d, l) rows: LLaVA-1.5 (576 tokens, 4096 wide, 10% kept), LLaVA-NeXT (2880, 4096),
-Qwen2.5-VL-7B at 1296 tokens (a 1008x1008 image) and at 16384 tokens (its largest image).
-Prints a markdown table with the median and the spread (min-max) of repeated runs.
+(n, d, l) rows: LLaVA-1.5 (576 tokens, 4096 wide, 10% kept), LLaVA-NeXT (2880, 4096: five
+336px tiles), Qwen2.5-VL-7B at 1296 tokens (a 1008x1008 image) and at 16384 tokens (its
+largest image). The encoders are the real architectures at their real sizes with random
+weights (transformers' CLIP ViT-L/14-336 without its last layer + LLaVA's two-layer
+projector; Qwen2.5-VL-7B's 32-block vision tower with its merger). The largest Qwen image
+is timed on 2 of the tower's 32 blocks (one windowed, one full-attention) and the others
+counted at those blocks' times (28 windowed, 4 full): the whole tower takes most of an
+hour on a 2-core CPU. Prints a markdown table: medians with the spread (min-max), and
+the selection's share of the encoder's time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from zspa_vllm.prune import select_tokens
 
-SHAPES = [  # (label, n, d, l)
-    ("LLaVA-1.5", 576, 4096, 58),
-    ("LLaVA-NeXT", 2880, 4096, 288),
-    ("Qwen2.5-VL 1008px", 1296, 3584, 130),
-    ("Qwen2.5-VL max", 16384, 3584, 1638),
-]
 QUERY_TOKENS = 32
+# Qwen2.5-VL-7B's vision tower: 32 blocks, full attention in these, windows elsewhere.
+QWEN_DEPTH, QWEN_FULL_BLOCKS = 32, (7, 15, 23, 31)
 
 
-def time_once(visual, query, num_keep, core_ratio, method) -> float:
-    if visual.is_cuda:
+@dataclass(frozen=True)
+class Shape:
+    label: str
+    n: int  # visual tokens after projection
+    d: int  # their width (the LLM's)
+    l: int  # kept at 10%
+    encoder: str  # "llava" or "qwen2.5-vl"
+    tiles: int = 1  # LLaVA: 336px tiles
+    grid: int = 0  # Qwen: patches per side (14px each)
+    sampled: bool = False  # Qwen: time 2 blocks, count the rest at their times
+
+
+SHAPES = [
+    Shape("LLaVA-1.5", 576, 4096, 58, "llava", tiles=1),
+    Shape("LLaVA-NeXT", 2880, 4096, 288, "llava", tiles=5),
+    Shape("Qwen2.5-VL 1008px", 1296, 3584, 130, "qwen2.5-vl", grid=72),
+    Shape("Qwen2.5-VL max", 16384, 3584, 1638, "qwen2.5-vl", grid=256, sampled=True),
+]
+
+
+def _elapsed(fn, device: str) -> float:
+    if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    select_tokens(visual, query, num_keep, core_ratio, method=method)
-    if visual.is_cuda:
+    fn()
+    if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def bench(device: str, dtype: torch.dtype, repeats: int, methods: list[str], core_ratio: float):
-    rows = []
+# ---------------------------------------------------------------- encoders
+
+
+class _LlavaEncoder(torch.nn.Module):
+    """CLIP ViT-L/14-336 up to its second-to-last layer (LLaVA's feature layer) + projector."""
+
+    def __init__(self, width_out: int):
+        super().__init__()
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        config = CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+            image_size=336, patch_size=14, attn_implementation="sdpa",
+        )
+        self.tower = CLIPVisionModel(config)
+        self.projector = torch.nn.Sequential(
+            torch.nn.Linear(1024, width_out), torch.nn.GELU(), torch.nn.Linear(width_out, width_out)
+        )
+
+    def forward(self, pixels):
+        features = self.tower(pixels).last_hidden_state[:, 1:]  # drop the CLS token
+        return self.projector(features).flatten(0, 1)
+
+
+def _qwen_encoder(depth: int, full_blocks, width_out: int):
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+        Qwen2_5_VisionTransformerPretrainedModel,
+        Qwen2_5_VLVisionConfig,
+    )
+
+    config = Qwen2_5_VLVisionConfig(
+        depth=depth, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=width_out,
+        window_size=112, fullatt_block_indexes=list(full_blocks), patch_size=14, spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    config._attn_implementation = "sdpa"
+    return Qwen2_5_VisionTransformerPretrainedModel(config)
+
+
+def time_encoder(shape: Shape, device: str, dtype: torch.dtype, repeats: int) -> list[float]:
+    """Seconds per run of the shape's vision encoder, one per repeat (after a warm-up)."""
+    torch.manual_seed(0)
+    if shape.encoder == "llava":
+        model = _LlavaEncoder(shape.d)
+        inputs = (torch.randn(shape.tiles, 3, 336, 336),)
+    else:
+        depth, full = (2, (1,)) if shape.sampled else (QWEN_DEPTH, QWEN_FULL_BLOCKS)
+        model = _qwen_encoder(depth, full, shape.d)
+        patches = shape.grid * shape.grid
+        inputs = (torch.randn(patches, 3 * 2 * 14 * 14), torch.tensor([[1, shape.grid, shape.grid]]))
+    model = model.to(device=device, dtype=dtype).eval()
+    inputs = tuple(x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype) for x in inputs)
+
+    block_times: list[float] = []
+    if shape.sampled:  # each block's time, recorded around its forward
+        starts: list[float] = []
+        for block in model.blocks:
+            block.register_forward_pre_hook(lambda *_: starts.append(_sync_now(device)))
+            block.register_forward_hook(lambda *_: block_times.append(_sync_now(device) - starts.pop()))
+
+    def run():
+        out = model(*inputs)
+        assert (out.pooler_output if hasattr(out, "pooler_output") else out).shape == (shape.n, shape.d)
+
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            block_times.clear()
+            elapsed = _elapsed(run, device)
+            if shape.sampled:  # blocks 0 (windowed) and 1 (full): count the other 30
+                windowed, full = block_times
+                elapsed += (QWEN_DEPTH - len(QWEN_FULL_BLOCKS) - 1) * windowed + (len(QWEN_FULL_BLOCKS) - 1) * full
+            if i:  # the first run is a warm-up
+                times.append(elapsed)
+    return times
+
+
+def _sync_now(device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------- selection
+
+
+def time_selection(shape: Shape, device, dtype, repeats, method, core_ratio) -> list[float]:
     gen = torch.Generator().manual_seed(0)
-    for label, n, d, l in SHAPES:
-        visual = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype)
-        query = torch.randn(QUERY_TOKENS, d, generator=gen).to(device=device, dtype=dtype)
-        for method in methods:
-            time_once(visual, query, l, core_ratio, method)  # warm-up
-            times = [time_once(visual, query, l, core_ratio, method) for _ in range(repeats)]
-            rows.append((label, n, d, l, method, times))
-            ms = [t * 1e3 for t in times]
-            print(
-                f"| {device} | {label} | {n} | {d} | {l} | {method} | "
-                f"{statistics.median(ms):.2f} | {min(ms):.2f}-{max(ms):.2f} |",
-                flush=True,
-            )
-    return rows
+    visual = torch.randn(shape.n, shape.d, generator=gen).to(device=device, dtype=dtype)
+    query = torch.randn(QUERY_TOKENS, shape.d, generator=gen).to(device=device, dtype=dtype)
+
+    def run():
+        select_tokens(visual, query, shape.l, core_ratio, method=method, check_values=False)
+
+    _elapsed(run, device)  # warm-up
+    return [_elapsed(run, device) for _ in range(repeats)]
+
+
+def _fmt(seconds: list[float]) -> tuple[str, str]:
+    ms = [s * 1e3 for s in seconds]
+    return f"{statistics.median(ms):.1f}", f"{min(ms):.1f}-{max(ms):.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="timed selections per row")
+    parser.add_argument("--encoder-repeats", type=int, default=3, help="timed encoder runs per shape")
+    parser.add_argument("--no-encoder", action="store_true", help="time the selection only")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--dtype", default="bfloat16", help="dtype of the visual tokens (similarities are float32)")
+    parser.add_argument(
+        "--encoder-dtype", default=None,
+        help="the encoders' dtype (default: float32 on the CPU, which has no fast bfloat16 here; --dtype on CUDA)",
+    )
     parser.add_argument("--methods", default="zspa", help="comma-separated: zspa,relevance,divprune")
     parser.add_argument("--core-ratio", type=float, default=0.2)
+    parser.add_argument("--shapes", default=None, help="comma-separated labels (default: all)")
+    parser.add_argument(
+        "--sample-blocks", action="store_true",
+        help="time every Qwen tower on 2 blocks (to check the sampling against a whole tower)",
+    )
     args = parser.parse_args()
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -71,16 +193,48 @@ def main() -> None:
             raise SystemExit("--device cuda: no CUDA device is available")
         devices.remove("cuda")
     dtype = getattr(torch, args.dtype)
+    shapes = SHAPES
+    if args.shapes:
+        wanted = args.shapes.split(",")
+        unknown = sorted(set(wanted) - {s.label for s in SHAPES})
+        if unknown:
+            raise SystemExit(f"--shapes: unknown {unknown}; known: {[s.label for s in SHAPES]}")
+        shapes = [s for s in SHAPES if s.label in wanted]
+    if args.sample_blocks:
+        shapes = [dataclasses.replace(s, sampled=True) if s.encoder == "qwen2.5-vl" else s for s in shapes]
+    methods = args.methods.split(",")
 
     print(f"# select_tokens timings: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, dtype {args.dtype}, core_ratio {args.core_ratio}, "
-          f"{args.repeats} repeats")
+          f"{torch.get_num_threads()} threads, tokens {args.dtype}, core_ratio {args.core_ratio}, "
+          f"{args.repeats} selections / {args.encoder_repeats} encoder runs per row, medians (min-max)")
     if torch.cuda.is_available():
         print(f"# cuda: {torch.cuda.get_device_name()}")
-    print("| device | shape | n | d | l | method | median ms | min-max ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for device in devices:
-        bench(device, dtype, args.repeats, args.methods.split(","), args.core_ratio)
+    print("| device | shape | n | d | l | method | selection ms | min-max | encoder ms | min-max | selection / encoder |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    encoder_dtypes = set()
+    jobs = [(device, shape) for device in devices for shape in shapes]
+    for device, shape in tqdm(jobs, desc="shapes", unit="shape"):
+        enc_dtype = getattr(torch, args.encoder_dtype) if args.encoder_dtype else (
+            torch.float32 if device == "cpu" else dtype)
+        encoder = None if args.no_encoder else time_encoder(shape, device, enc_dtype, args.encoder_repeats)
+        encoder_dtypes.add(str(enc_dtype).removeprefix("torch."))
+        for method in methods:  # each row as soon as it is measured
+            selection = time_selection(shape, device, dtype, args.repeats, method, args.core_ratio)
+            tqdm.write(_row(device, shape, method, selection, encoder))
+    if not args.no_encoder:
+        print(f"# encoders in {', '.join(sorted(encoder_dtypes))}")
+
+
+def _row(device, shape, method, selection, encoder) -> str:
+    sel_med, sel_spread = _fmt(selection)
+    if encoder is None:
+        enc_med, enc_spread, share = "-", "-", "-"
+    else:
+        enc_med, enc_spread = _fmt(encoder)
+        enc_med += " (2 of 32 blocks timed)" if shape.sampled else ""
+        share = f"{statistics.median(selection) / statistics.median(encoder):.2%}"
+    return (f"| {device} | {shape.label} | {shape.n} | {shape.d} | {shape.l} | {method} | {sel_med} | "
+            f"{sel_spread} | {enc_med} | {enc_spread} | {share} |")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,25 @@
 """Serving benchmark: stock vLLM (plugin off) against zspa-serve at keep_rate 1, 0.5,
-0.25 and 0.1, on one engine configuration, same image-plus-question workload, fixed
-concurrency, run side by side in one go and repeated. ``--workload chat`` runs the chat
+0.25 and 0.1, and the ideal (the vision encoder on the full image + the LLM on only the
+l(0.1) kept tokens), on one engine configuration, same image-plus-question workload, at
+each concurrency of ``--concurrency`` (1,8,32,64 by default), run side by side in one go
+and repeated. Per request it reports where the time goes: the vision encoder and the
+selection (timed in the workers, ``zspa-serve --phase-timings``), vLLM's own prefill and
+decode times; and under load TTFT p50/p95, inter-token latency p50/p99 of the requests
+already decoding, and throughput. ``--workload chat`` runs the chat
 workloads instead (multi-turn conversations, one image asked many questions; see
 benchmarks/chat_workloads.py). ``--workload video`` sends a video of several seconds and
 a question, and adds vLLM's own video pruning (EVS, ``--video-pruning-rate``) at the
 same share of tokens kept as zspa's keep_rate 0.25.
 
-On a CPU it builds a random-weight mid-size model per family (the tiny fixture's vision
-tower and tokenizer, a larger LLM: --hidden/--layers) so that the LLM prefill dominates;
-on a GPU pass --model for a real checkpoint. Reports TTFT p50/p95, requests/s, output
-tokens/s, prompt tokens per request, peak KV-cache usage and the concurrency the KV cache
-admits, as a markdown table, JSON and a PNG under benchmarks/results/.
+On a CPU it builds, per family, a random-weight model whose vision encoder and LLM are
+the real 7B checkpoint's scaled by one factor in width and depth (``--scale``,
+benchmarks/proportional.py); ``--scale 0`` builds the older mid-size model instead (the
+tiny fixture's vision tower, a larger LLM: --hidden/--layers). On a GPU pass --model for a
+real checkpoint. Also reports prompt tokens per request, peak KV-cache usage and the
+concurrency the KV cache admits, as a markdown table, JSON and a PNG under
+benchmarks/results/.
 
-    python benchmarks/serve_bench.py --families llava-1.5,qwen2.5-vl --repeats 3
+    python benchmarks/serve_bench.py --families llava-1.5,qwen2.5-vl --concurrency 1,8,32,64 --repeats 3
     python benchmarks/serve_bench.py --workload chat --repeats 3
     python benchmarks/serve_bench.py --workload video --families qwen2.5-vl --repeats 3
 """
@@ -32,11 +39,13 @@ import time
 from pathlib import Path
 
 import httpx
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "benchmarks")]
 
 import chat_workloads  # noqa: E402
+import proportional  # noqa: E402
 from server.launch import ServerProcess  # noqa: E402
 from tests.engine.harness import fixture_path, visual_tokens  # noqa: E402
 from tests.fixtures.images import make_video, video_mp4  # noqa: E402
@@ -61,7 +70,14 @@ VIDEO_KEEP_RATE = 0.25  # zspa's keep_rate; EVS prunes the rest: --video-pruning
 
 
 # --------------------------------------------------------------------------- the model
-def build_model(family: str, hidden: int, layers: int, out: Path) -> Path:
+def build_model(family: str, args, out: Path) -> Path:
+    """The benchmark's random-weight model: proportional (``--scale``) or mid-size."""
+    if args.scale:
+        return proportional.build(family, args.scale, out, MODEL_CLASSES, RENAMES)
+    return build_mid_size(family, args.hidden, args.layers, out)
+
+
+def build_mid_size(family: str, hidden: int, layers: int, out: Path) -> Path:
     """The family's fixture with a larger random-weight LLM (transformers' own init),
     saved in the real checkpoints' layout (scripts/make_fixtures.py)."""
     import make_fixtures
@@ -105,8 +121,9 @@ def video_part(seed: int) -> dict:
 async def _one(client, model, part, question, knobs, max_tokens):
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "messages": [{"role": "user", "content": [part, {"type": "text", "text": question}]}], **knobs}
-    ttft, usage, _, _ = await chat_workloads.stream_chat(client, body)
-    return ttft, usage
+    arrivals: list[float] = []
+    ttft, usage, _, _ = await chat_workloads.stream_chat(client, body, arrivals)
+    return ttft, usage, [b - a for a, b in zip(arrivals, arrivals[1:])]  # gaps while decoding
 
 
 async def _kv_sampler(client, stop: asyncio.Event, peaks: list[float]):
@@ -118,6 +135,55 @@ async def _kv_sampler(client, stop: asyncio.Event, peaks: list[float]):
         await asyncio.sleep(0.2)
 
 
+# per-phase counters in /metrics: the workers' timings (zspa-serve --phase-timings; tensor
+# rank 0, whose time every rank spends alike) and vLLM's own per-request histograms
+PHASE_COUNTERS = {
+    "encoder_s": r'^zspa_vision_encoder_seconds_total\{dp_rank="\d+",tp_rank="0"\} (\S+)$',
+    "selection_s": r'^zspa_selection_seconds_total\{dp_rank="\d+",tp_rank="0"\} (\S+)$',
+    "prefill_s": r"^vllm:request_prefill_time_seconds_sum\{[^}]*\} (\S+)$",
+    "prefill_n": r"^vllm:request_prefill_time_seconds_count\{[^}]*\} (\S+)$",
+    "decode_s": r"^vllm:request_decode_time_seconds_sum\{[^}]*\} (\S+)$",
+    "decode_n": r"^vllm:request_decode_time_seconds_count\{[^}]*\} (\S+)$",
+}
+
+
+async def _phase_counters(client) -> dict[str, float | None]:
+    text = (await client.get("/metrics")).text
+    found = {name: re.findall(pattern, text, re.M) for name, pattern in PHASE_COUNTERS.items()}
+    return {name: sum(map(float, values)) if values else None for name, values in found.items()}
+
+
+async def _phases_after(client, before: dict, requests: int) -> dict:
+    """Per-request milliseconds of each phase over one run, from the counters' growth.
+    vLLM records a request's histograms as it finishes: wait until all are counted."""
+    for _ in range(50):
+        after = await _phase_counters(client)
+        if (after["prefill_n"] or 0) - (before["prefill_n"] or 0) >= requests:
+            break
+        await asyncio.sleep(0.1)
+
+    def grew(name):
+        return None if after[name] is None or before[name] is None else after[name] - before[name]
+
+    def mean_ms(total, count):
+        return None if total is None or not count else 1000 * total / count
+
+    return {
+        "encoder_ms": mean_ms(grew("encoder_s"), requests),
+        "selection_ms": mean_ms(grew("selection_s"), requests),
+        "prefill_ms": mean_ms(grew("prefill_s"), grew("prefill_n")),
+        "decode_ms": mean_ms(grew("decode_s"), grew("decode_n")),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in [0, 1]) of ``values``."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 async def _workload(base_url, model, parts, question, knobs, concurrency, max_tokens):
     """``parts``: one content part (image or video, built beforehand) per request."""
     limit = asyncio.Semaphore(concurrency)
@@ -127,6 +193,7 @@ async def _workload(base_url, model, parts, question, knobs, concurrency, max_to
             async with limit:
                 return await _one(client, model, part, question, knobs, max_tokens)
 
+        before = await _phase_counters(client)
         stop, peaks = asyncio.Event(), []
         sampler = asyncio.create_task(_kv_sampler(client, stop, peaks))
         start = time.perf_counter()
@@ -136,16 +203,23 @@ async def _workload(base_url, model, parts, question, knobs, concurrency, max_to
             stop.set()
             await sampler
         wall = time.perf_counter() - start
-    ttfts = sorted(t for t, _ in results)
+        phases = await _phases_after(client, before, len(parts))
+    ttfts = [t for t, _, _ in results]
+    gaps = [gap for _, _, request_gaps in results for gap in request_gaps]
     return {
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
-        "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+        "ttft_p95_ms": 1000 * _percentile(ttfts, 0.95),
+        "itl_p50_ms": 1000 * _percentile(gaps, 0.5) if gaps else None,
+        "itl_p99_ms": 1000 * _percentile(gaps, 0.99) if gaps else None,
         "requests_per_s": len(parts) / wall,
-        "output_tokens_per_s": sum(u["completion_tokens"] for _, u in results) / wall,
-        "prompt_tokens": statistics.mean(u["prompt_tokens"] for _, u in results),
-        "visual_tokens_kept": statistics.mean(u["visual_tokens_kept"] for _, u in results)
-        if all("visual_tokens_kept" in u for _, u in results) else None,
+        "output_tokens_per_s": sum(u["completion_tokens"] for _, u, _ in results) / wall,
+        "prompt_tokens": statistics.mean(u["prompt_tokens"] for _, u, _ in results),
+        "visual_tokens": statistics.mean(u["visual_tokens"] for _, u, _ in results)
+        if all("visual_tokens" in u for _, u, _ in results) else None,
+        "visual_tokens_kept": statistics.mean(u["visual_tokens_kept"] for _, u, _ in results)
+        if all("visual_tokens_kept" in u for _, u, _ in results) else None,
         "kv_cache_peak_pct": 100 * max(peaks) if peaks else None,
+        **phases,
     }
 
 
@@ -155,47 +229,89 @@ def _kv_tokens(log: str) -> int | None:
 
 
 # --------------------------------------------------------------------------- the benchmark
+IDEAL = "ideal: encoder(full image) + LLM(l(0.1) tokens)"
+
+
+def embeds_part(family: str, width: int, rows: int, seed: int) -> dict:
+    """An image given as ``rows`` precomputed embedding rows (random: the model is too):
+    stock vLLM then runs no vision encoder and prefills only ``rows`` image tokens."""
+    import base64
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(0.02 * torch.randn(rows, width, generator=torch.Generator().manual_seed(seed)), buffer)
+    payload = base64.b64encode(buffer.getvalue()).decode()
+    if family in RENAMES:  # Qwen: a grid of `rows` merged tokens (2 x 2 patches each)
+        payload = {"image_embeds": payload, "image_grid_thw": [1, 2, 2 * rows]}
+    return {"type": "image_embeds", "image_embeds": payload}
+
+
 def bench_family(family: str, args, workdir: Path) -> list[dict]:
-    model_path = args.model or str(build_model(family, args.hidden, args.layers, workdir / family))
-    engine = ["--dtype", args.dtype, "--max-model-len", "8192", "--max-num-seqs", str(args.concurrency),
+    model_path = args.model or str(build_model(family, args, workdir / family))
+    concurrencies = args.concurrency
+    engine = ["--dtype", args.dtype, "--max-model-len", "8192", "--max-num-seqs", str(max(concurrencies)),
               "--enforce-eager", *args.engine_args.split()]
     name = f"{family}-bench"
+    width = json.loads((Path(model_path) / "config.json").read_text())["text_config"]["hidden_size"]
     # vLLM's own process layout (tests.engine.harness, imported for its helpers, sets
     # the in-process engine for the test suite)
     env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    n = visual_tokens(family, *IMAGE_SIZE) if not args.model else None
-    rows = [("stock vLLM", "stock", {}, IMAGE_SIZE)]
-    rows += [(f"zspa keep_rate={r:g}", "zspa", {"keep_rate": r, "core_ratio": 0.2}, IMAGE_SIZE) for r in KEEP_RATES]
-    if family in RENAMES and n:  # Qwen: an image that yields ~l tokens unpruned: LLM(l), encoder(l)
-        processor = json.loads((fixture_path(family) / "processor_config.json").read_text())["image_processor"]
-        token_px = processor["patch_size"] * processor["merge_size"]  # 28 (Qwen2.5-VL), 32 (Qwen3-VL)
-        side = int((num_kept(n, 0.1) * token_px * token_px) ** 0.5)
-        rows.append(("ideal: unpruned image of ~l(0.1) tokens", "zspa", {}, (side, side)))
+    rows = [("stock vLLM", "stock", {})]
+    rows += [(f"zspa keep_rate={r:g}", "zspa", {"keep_rate": r, "core_ratio": 0.2}) for r in KEEP_RATES]
+    rows.append((IDEAL, "stock", {}))
     servers = {}
     try:
-        for kind, stock in (("stock", True), ("zspa", False)):
-            server = ServerProcess([model_path, "--served-model-name", name, *engine], workdir / f"{family}-{kind}.log",
-                                   env=env, stock=stock)
+        for kind, stock, extra in (("stock", True, ["--enable-mm-embeds"]), ("zspa", False, ["--phase-timings"])):
+            server = ServerProcess([model_path, "--served-model-name", name, *engine, *extra],
+                                   workdir / f"{family}-{kind}.log", env=env, stock=stock)
             startup = server.wait_healthy(timeout=1200)
             servers[kind] = server
             print(f"[{family}] {kind} server healthy after {startup:.0f} s", flush=True)
+        probe = asyncio.run(_workload(servers["zspa"].base_url, name, [image_part(9_999, IMAGE_SIZE)], QUESTION,
+                                      {"keep_rate": 1}, 1, 1))
+        n = round(probe["visual_tokens"])
+        ideal_rows = num_kept(n, 0.1)
+        print(f"[{family}] {n} visual tokens per image; the ideal row prefills {ideal_rows}", flush=True)
         seed = 10_000
-        samples: dict[str, list[dict]] = {label: [] for label, *_ in rows}
-        for repeat in range(args.warmup + args.repeats):
-            for label, kind, knobs, size in rows:  # interleaved, so drift hits every row alike
-                parts = [image_part(s, size) for s in range(seed, seed + args.requests)]  # fresh images: no cache hits
-                seed += args.requests
-                result = asyncio.run(_workload(servers[kind].base_url, name, parts, QUESTION, knobs, args.concurrency, args.max_tokens))
+        samples: dict[tuple[int, str], list[dict]] = {(c, label): [] for c in concurrencies for label, *_ in rows}
+        runs = [(c, repeat) for c in concurrencies for repeat in range(args.warmup + args.repeats)]
+        for c, repeat in tqdm(runs, desc=f"{family} runs", unit="run", disable=None):
+            count = max(args.requests, c)  # at least one request per slot
+            encoder_ms = None
+            for label, kind, knobs in rows:  # interleaved, so drift hits every row alike
+                if label == IDEAL:
+                    parts = [embeds_part(family, width, ideal_rows, s) for s in range(seed, seed + count)]
+                else:
+                    parts = [image_part(s, IMAGE_SIZE) for s in range(seed, seed + count)]  # fresh: no cache hits
+                seed += count
+                result = asyncio.run(_workload(servers[kind].base_url, name, parts, QUESTION, knobs, c, args.max_tokens))
+                if knobs.get("keep_rate") == 1.0:
+                    encoder_ms = result["encoder_ms"]  # the full image's encoder time, this run
+                if label == IDEAL:  # the LLM on l rows was measured; the encoder on the full image is added
+                    result = _with_encoder(result, encoder_ms)
                 if repeat >= args.warmup:
-                    samples[label].append(result)
-                    print(f"[{family}] repeat {repeat - args.warmup + 1}/{args.repeats} {label}: "
-                          f"TTFT p50 {result['ttft_p50_ms']:.0f} ms, {result['requests_per_s']:.2f} req/s", flush=True)
+                    samples[c, label].append(result)
+                    tqdm.write(f"[{family}] c={c} repeat {repeat - args.warmup + 1}/{args.repeats} {label}: TTFT p50 "
+                               f"{result['ttft_p50_ms']:.0f} ms, ITL p99 {result['itl_p99_ms'] or 0:.0f} ms, "
+                               f"{result['requests_per_s'] or 0:.2f} req/s")
         kv_tokens = {kind: _kv_tokens(server.log_tail(10**7)) for kind, server in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
-    return [_summary(family, label, kind, knobs, samples[label], kv_tokens[kind], args.max_tokens, image=list(size))
-            for label, kind, knobs, size in rows]
+    return [_summary(family, label, kind, knobs, samples[c, label], kv_tokens[kind], args.max_tokens,
+                     image=list(IMAGE_SIZE), concurrency=c, visual_tokens_unpruned=n)
+            for c in concurrencies for label, kind, knobs in rows]
+
+
+def _with_encoder(result: dict, encoder_ms: float | None) -> dict:
+    """The ideal row: TTFT of the l-row prefill plus the full image's encoder time; its
+    throughput is not measured (the stock server ran no encoder for it)."""
+    extra = encoder_ms or 0.0
+    return {**result, "ttft_p50_ms": result["ttft_p50_ms"] + extra, "ttft_p95_ms": result["ttft_p95_ms"] + extra,
+            "ttft_llm_only_p50_ms": result["ttft_p50_ms"], "encoder_ms": encoder_ms,
+            "requests_per_s": None, "output_tokens_per_s": None}
 
 
 def _summary(family, label, kind, knobs, runs, kv_tokens, max_tokens, **extra) -> dict:
@@ -215,7 +331,7 @@ def bench_family_video(family: str, args, workdir: Path) -> list[dict]:
     """Stock, zspa at each keep rate, and vLLM's EVS pruning the same share, on one video
     workload. A setting whose server fails (EVS on vLLM 0.32's CPU backend) is reported
     with its error instead of numbers."""
-    model_path = args.model or str(build_model(family, args.hidden, args.layers, workdir / family))
+    model_path = args.model or str(build_model(family, args, workdir / family))
     engine = ["--dtype", args.dtype, "--max-model-len", "8192", "--max-num-seqs", str(args.concurrency),
               "--enforce-eager", "--limit-mm-per-prompt", json.dumps({"image": 0, "video": 1}), *args.engine_args.split()]
     name = f"{family}-bench"
@@ -265,7 +381,7 @@ def bench_family_video(family: str, args, workdir: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- chat workloads
 def bench_family_chat(family: str, args, workdir: Path) -> tuple[list[dict], list[dict]]:
-    model_path = args.model or str(build_model(family, args.hidden, args.layers, workdir / family))
+    model_path = args.model or str(build_model(family, args, workdir / family))
     config = json.loads((Path(model_path) / "config.json").read_text())
     image_token = config.get("image_token_index", config.get("image_token_id"))
     engine = ["--dtype", args.dtype, "--max-model-len", "8192", "--max-num-seqs", str(args.concurrency),
@@ -333,7 +449,9 @@ def main_chat(args) -> int:
 
 
 def _meta(args, workload: str) -> dict:
-    model = args.model or f"random-weight LLM {args.layers}x{args.hidden} on the fixture vision tower"
+    model = args.model or (
+        f"the real 7B vision encoder and LLM scaled by {args.scale:g} in width and depth, random weights "
+        "(benchmarks/proportional.py)" if args.scale else f"random-weight LLM {args.layers}x{args.hidden} on the fixture vision tower")
     return {
         "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]]),
         "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
@@ -370,6 +488,79 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_load(rows: list[dict], meta: dict) -> str:
+    """The single-image workload at each concurrency, with where the time goes."""
+    lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Workload: {meta['workload']}  ",
+             "Values: median (min-max) over the repeats. Per request: encoder and selection are timed in the "
+             "zspa-serve workers (`--phase-timings`; stock vLLM runs the same encoder on the same images, untimed); "
+             "prefill and decode are vLLM's `request_prefill_time` (first scheduled to first token: it includes the "
+             "encoder and the selection) and `request_decode_time`; encoder % = encoder / prefill. ITL: gaps between "
+             "a request's streamed tokens. The ideal row is stock vLLM given l(0.1) precomputed embedding rows "
+             "(no encoder), with the encoder time of the full image (keep_rate=1 row, same run) added to its TTFT; "
+             "its throughput is not measured.", ""]
+    header = ["family", "conc.", "setting", "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms", "ITL p99 ms", "req/s",
+              "prompt tok", "encoder ms", "selection ms", "prefill ms", "decode ms", "encoder %",
+              "TTFT vs stock", "req/s vs stock", "ITL p99 vs stock", "TTFT vs ideal"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    by_key = {(r["family"], r["concurrency"], r["setting"]): r for r in rows}
+    for r in rows:
+        if "ttft_p50_ms" not in r:
+            continue
+        stock = by_key[r["family"], r["concurrency"], "stock vLLM"]
+        ideal = by_key.get((r["family"], r["concurrency"], IDEAL))
+
+        def ratio(metric, base):
+            if not base or metric not in r or metric not in base:
+                return "-"
+            return f"{r[metric]['median'] / base[metric]['median']:.2f}x"
+
+        share = "-"
+        if r.get("encoder_ms") and r.get("prefill_ms") and r["setting"] != IDEAL:
+            share = f"{r['encoder_ms']['median'] / r['prefill_ms']['median']:.0%}"
+        lines.append("| " + " | ".join([
+            r["family"], str(r["concurrency"]), r["setting"], _fmt(r["ttft_p50_ms"]), _fmt(r["ttft_p95_ms"]),
+            _fmt(r.get("itl_p50_ms"), 1), _fmt(r.get("itl_p99_ms"), 1), _fmt(r.get("requests_per_s"), 2),
+            _fmt(r.get("prompt_tokens")), _fmt(r.get("encoder_ms")), _fmt(r.get("selection_ms"), 1),
+            "-" if r["setting"] == IDEAL else _fmt(r.get("prefill_ms")), _fmt(r.get("decode_ms")), share,
+            ratio("ttft_p50_ms", stock), ratio("requests_per_s", stock), ratio("itl_p99_ms", stock),
+            ratio("ttft_p50_ms", ideal) if r["knobs"].get("keep_rate") == 0.1 else "-",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_load(rows: list[dict], path: Path) -> None:
+    """Per family: TTFT p50, throughput and ITL p99 against concurrency, one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    panels = (("ttft_p50_ms", "TTFT p50 (ms)"), ("requests_per_s", "requests / s"), ("itl_p99_ms", "ITL p99 (ms)"))
+    fig, axes = plt.subplots(len(families), len(panels), figsize=(15, 3.6 * len(families)), squeeze=False)
+    for row_axes, family in zip(axes, families):
+        settings = list(dict.fromkeys(r["setting"] for r in rows if r["family"] == family))
+        for ax, (metric, title) in zip(row_axes, panels):
+            for i, setting in enumerate(settings):
+                sub = [r for r in rows if r["family"] == family and r["setting"] == setting and metric in r]
+                if not sub:
+                    continue
+                xs = [r["concurrency"] for r in sub]
+                med = [r[metric]["median"] for r in sub]
+                err = [[m - r[metric]["min"] for m, r in zip(med, sub)], [r[metric]["max"] - m for m, r in zip(med, sub)]]
+                style = {"color": "black", "linestyle": "--"} if setting == "stock vLLM" else (
+                    {"color": "gray", "linestyle": ":"} if setting == IDEAL else {"color": f"C{i}"})
+                label = setting.replace("zspa keep_rate=", "zspa ").replace(IDEAL, "ideal (l(0.1))")
+                ax.errorbar(xs, med, yerr=err, marker="o", capsize=3, label=label, **style)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency")
+            ax.set_title(f"{family}: {title}")
+        row_axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -393,15 +584,30 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1, got {text!r}")
+    return values
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="llava-1.5,llava-next,qwen2.5-vl")
     p.add_argument("--model", help="a real checkpoint (one family) instead of the built random-weight model")
-    p.add_argument("--hidden", type=int, default=512, help="LLM width of the built model")
-    p.add_argument("--layers", type=int, default=8, help="LLM depth of the built model")
+    p.add_argument("--scale", type=float, default=0.125,
+                   help="the built model: the real 7B vision encoder and LLM scaled by this factor in width and depth "
+                        "(benchmarks/proportional.py); 0: the mid-size model instead (--hidden/--layers)")
+    p.add_argument("--hidden", type=int, default=512, help="--scale 0: LLM width of the mid-size model")
+    p.add_argument("--layers", type=int, default=8, help="--scale 0: LLM depth of the mid-size model")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--requests", type=int, default=16, help="requests per run")
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=_int_list, default=None,
+                   help="comma-separated concurrencies (default 1,8,32,64 for the single workload; one value, "
+                        "default 4, for chat and video)")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="runs per setting discarded first")
@@ -422,6 +628,15 @@ def main() -> int:
                    help="chat: KV block size. Only full blocks are reused from the prefix cache; 32 is the CPU "
                         "backend's smallest (its default is 128), close to the 16 GPUs use")
     args = p.parse_args()
+    if not 0 <= args.scale <= 1:
+        p.error(f"--scale must be in [0, 1], got {args.scale!r}")
+    if args.concurrency is None:
+        args.concurrency = [1, 8, 32, 64] if args.workload == "single" else [4]
+    elif args.workload != "single":
+        if len(args.concurrency) != 1:
+            p.error(f"--concurrency: the {args.workload} workload takes one value, got {args.concurrency}")
+    if args.workload != "single":
+        args.concurrency = args.concurrency[0]
     if args.workload == "chat":
         return main_chat(args)
 
@@ -436,14 +651,17 @@ def main() -> int:
     else:
         media = (f"one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image (a new one per request) + a {len(QUESTION.split())}-word "
                  "question")
-    meta = _meta(args, f"{args.requests} requests per run at concurrency {args.concurrency}, {media}, "
-                       f"{args.max_tokens} output tokens (ignore_eos)")
+    if args.workload == "video":
+        runs = f"{args.requests} requests per run at concurrency {args.concurrency}"
+    else:
+        runs = f"max({args.requests}, concurrency) requests per run at concurrency {', '.join(map(str, args.concurrency))}"
+    meta = _meta(args, f"{runs}, {media}, {args.max_tokens} output tokens (ignore_eos)")
     args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown(rows, meta)
+    table = markdown(rows, meta) if args.workload == "video" else markdown_load(rows, meta)
     stem = args.name + ("_video" if args.workload == "video" else "")
     (args.out / f"{stem}.md").write_text(table)
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    plot(rows, args.out / f"{stem}.png")
+    (plot if args.workload == "video" else plot_load)(rows, args.out / f"{stem}.png")
     print(table)
     return 0
 

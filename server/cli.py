@@ -1,11 +1,12 @@
 """``zspa-serve MODEL [--keep-rate R] [--core-ratio K] [--prune-method M] [--query-scope S]
-[--encoder-cache-mib N] [vllm serve options]``
+[--encoder-cache-mib N] [--phase-timings] [vllm serve options]``
 
 Runs ``vllm serve`` itself (every option and endpoint of it works) with the zspa model
 plugin and the zspa HTTP layer switched on. The knobs set the server-wide defaults
 (through vLLM's ``--mm-processor-kwargs``); with none of them nothing is pruned unless a
 request asks. ``--encoder-cache-mib`` sizes each worker's cache of unpruned encoder
-outputs. Without a model (or with ``--demo``) it serves the built-in tiny demo model.
+outputs; ``--phase-timings`` adds the vision encoder's and the selection's time to
+``/metrics``. Without a model (or with ``--demo``) it serves the built-in tiny demo model.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ import sys
 import tempfile
 from importlib.metadata import entry_points
 
-from zspa_vllm.encoder_cache import STATS_DIR_ENV
 from zspa_vllm.params import (
     CORE_RATIO,
     DEFAULT_ENCODER_CACHE_MIB,
     ENCODER_CACHE_MIB_ENV,
     KEEP_RATE,
     KNOB_NAMES,
+    PHASE_TIMINGS_ENV,
     PRUNE_METHOD,
     QUERY_SCOPE,
     encoder_cache_bytes,
     parse_knobs,
 )
+from zspa_vllm.worker_stats import STATS_DIR_ENV
 
 from server import demo
 from server.middleware import KNOBS_ONLY_ENV
@@ -57,6 +59,11 @@ def our_parser() -> argparse.ArgumentParser:
         "--encoder-cache-mib",
         help=f"MiB of unpruned image encoder outputs each worker keeps, so the same image asked again is "
         f"not re-encoded; 0 switches it off (default {DEFAULT_ENCODER_CACHE_MIB}; env {ENCODER_CACHE_MIB_ENV})",
+    )
+    ours.add_argument(
+        "--phase-timings", action="store_true",
+        help=f"time the vision encoder and the selection in the workers, published in /metrics as "
+        f"zspa_vision_encoder_seconds / zspa_selection_seconds (waits for the device around each; env {PHASE_TIMINGS_ENV}=1)",
     )
     ours.add_argument("--demo", action="store_true", help="serve the built-in tiny demo model (random weights)")
     return parser
@@ -88,6 +95,8 @@ def build_vllm_argv(argv: list[str]) -> list[str]:
         except ValueError:
             parser.error(f"--encoder-cache-mib must be a whole number of MiB >= 0, got {ours.encoder_cache_mib!r}")
         os.environ[ENCODER_CACHE_MIB_ENV] = ours.encoder_cache_mib.strip()  # the workers inherit it
+    if ours.phase_timings:
+        os.environ[PHASE_TIMINGS_ENV] = "1"
 
     from vllm.engine.arg_utils import EngineArgs
 
@@ -145,7 +154,7 @@ def run_vllm_serve(vllm_argv: list[str]) -> None:
 
 
 def own_stats_dir() -> None:
-    """A fresh folder for this server's worker counters (zspa_vllm.encoder_cache): one
+    """A fresh folder for this server's worker counters (zspa_vllm.worker_stats): one
     inherited from the environment may be another server's."""
     directory = tempfile.mkdtemp(prefix="zspa-stats-")
     os.environ[STATS_DIR_ENV] = directory

@@ -37,11 +37,11 @@ class ZspaEndpointPlugin:
     required_tasks = ("generate",)
 
     def attach_router(self, app) -> None:
-        from server.metrics import register_encoder_cache_collector
+        from server.metrics import register_worker_stats_collector
         from server.middleware import ZspaMiddleware
 
         app.add_middleware(ZspaMiddleware)
-        register_encoder_cache_collector()
+        register_worker_stats_collector()
 
     async def init_state(self, engine_client, state, args) -> None:
         if engine_client is None:  # vLLM's CPU-only render server: nothing to prune

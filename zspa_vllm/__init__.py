@@ -35,7 +35,7 @@ def register() -> None:
 
     from zspa_vllm import config_checks
     from zspa_vllm.compat import check_vllm_version
-    from zspa_vllm.encoder_cache import STATS_DIR_ENV
+    from zspa_vllm.worker_stats import STATS_DIR_ENV
 
     check_vllm_version()
     for architecture, target in MODEL_OVERRIDES.items():

@@ -9,23 +9,22 @@ of the image, so selection runs per question on the cached tokens instead.
 Bounded in bytes (``ZSPA_ENCODER_CACHE_MIB``, ``zspa_vllm.params``; 0 switches it off),
 least recently used first out. Every tensor-parallel rank sees the same calls in the
 same order and stores tensors of the same size, so every rank evicts identically.
-Entries stay on the device the encoder produced them on. Hit and miss counts go to a
-small JSON file per worker in ``ZSPA_STATS_DIR`` (set by ``zspa_vllm.register``), which
-the HTTP layer reads for ``/metrics``.
+Entries stay on the device the encoder produced them on. Hit and miss counts are
+published for ``/metrics`` (``zspa_vllm.worker_stats``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-STATS_DIR_ENV = "ZSPA_STATS_DIR"
-_STATS_GLOB = "encoder-cache-*.json"
+from zspa_vllm import worker_stats
+
+_STATS_KIND = "encoder-cache"
 
 
 @dataclass
@@ -69,34 +68,19 @@ class EncoderOutputCache:
         self.stats.entries = len(self._entries)
 
     def publish(self) -> None:
-        """Write the counters where the HTTP layer reads them (atomically)."""
-        if self._stats_file is None:
-            return
+        """Write the counters where the HTTP layer reads them."""
         self.stats.entries = len(self._entries)
-        temporary = self._stats_file.with_suffix(f".tmp{os.getpid()}")
-        temporary.write_text(json.dumps(asdict(self.stats)))
-        os.replace(temporary, self._stats_file)
+        worker_stats.publish(self._stats_file, self.stats)
 
 
 def stats_file(data_parallel_rank: int, tensor_parallel_rank: int) -> Path | None:
     """Where this worker publishes its counters (None when no stats directory is set)."""
-    directory = os.environ.get(STATS_DIR_ENV)
-    if not directory:
-        return None
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return Path(directory) / f"encoder-cache-dp{data_parallel_rank}-tp{tensor_parallel_rank}.json"
+    return worker_stats.stats_file(_STATS_KIND, data_parallel_rank, tensor_parallel_rank)
 
 
 def read_stats(directory: str | os.PathLike) -> dict[tuple[str, str], CacheStats]:
     """Every worker's published counters, by (data-parallel rank, tensor-parallel rank)."""
-    found = {}
-    for path in sorted(Path(directory).glob(_STATS_GLOB)):
-        dp, tp = path.stem.removeprefix("encoder-cache-").split("-")
-        try:
-            found[dp.removeprefix("dp"), tp.removeprefix("tp")] = CacheStats(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            continue  # being replaced right now: the next scrape reads it
-    return found
+    return worker_stats.read_stats(directory, _STATS_KIND, CacheStats)
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

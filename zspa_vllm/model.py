@@ -19,9 +19,9 @@ import os
 
 import torch
 
-from zspa_vllm import observe
+from zspa_vllm import observe, phase_timings
 from zspa_vllm.encoder_cache import EncoderOutputCache, stats_file
-from zspa_vllm.params import encoder_cache_bytes
+from zspa_vllm.params import encoder_cache_bytes, phase_timings_enabled
 from zspa_vllm.processor import MODALITIES, field_names
 from zspa_vllm.prune import METHODS, select_tokens
 
@@ -31,6 +31,15 @@ def _per_item(value, count: int) -> list:
     if isinstance(value, torch.Tensor):
         return list(value.unbind(0)) if value.dim() > 0 else [value] * count
     return list(value)
+
+
+def _count_items(kwargs) -> int:
+    """Items in a stock ``embed_multimodal`` call: the length of its grid / pixel input."""
+    for name in ("image_grid_thw", "video_grid_thw", "pixel_values", "image_embeds", "pixel_values_videos"):
+        value = kwargs.get(name)
+        if value is not None:
+            return len(value)
+    return 0
 
 
 def encoder_groups(num_visual: list[int], budget: int) -> list[tuple[int, int]]:
@@ -58,12 +67,17 @@ class PruningModelMixin:
         ranks = (vllm_config.parallel_config.data_parallel_rank, get_tensor_model_parallel_rank())
         self._zspa_cache = EncoderOutputCache(encoder_cache_bytes(os.environ), stats_file(*ranks))
         self._zspa_cache.publish()  # the counters exist (at zero) from the start
+        self._zspa_timer = phase_timings.PhaseTimer(phase_timings_enabled(os.environ), phase_timings.stats_file(*ranks))
+        self._zspa_timer.publish()
 
     def embed_multimodal(self, **kwargs):
         by_modality = {m: {f: kwargs.pop(name, None) for f, name in field_names(m).items()} for m in MODALITIES}
         pruned = [m for m, fields in by_modality.items() if fields["num_keep"] is not None]
-        if not pruned:
-            return super().embed_multimodal(**kwargs)  # keeps every token: stock behaviour
+        if not pruned:  # keeps every token: stock behaviour
+            with self._zspa_timer.timed("encoder", _count_items(kwargs), self._zspa_device()):
+                embeddings = super().embed_multimodal(**kwargs)
+            self._zspa_timer.publish()
+            return embeddings
         if len(pruned) > 1:
             raise RuntimeError(f"zspa-vllm: one embed_multimodal call got pruned items of {pruned}")
         (modality,) = pruned
@@ -77,7 +91,13 @@ class PruningModelMixin:
         for visual, n in zip(embeddings, num_visual):
             if visual.shape[0] != n:
                 raise RuntimeError(f"zspa-vllm: a {modality} item of {n} tokens came back with {visual.shape[0]} rows")
-        return self._zspa_prune(embeddings, fields, modality)
+        with self._zspa_timer.timed("selection", len(embeddings), self._zspa_device()):
+            pruned = self._zspa_prune(embeddings, fields, modality)
+        self._zspa_timer.publish()
+        return pruned
+
+    def _zspa_device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def _zspa_encode(self, kwargs, num_visual: list[int], keys: list[bytes]) -> list[torch.Tensor]:
         """Each item's unpruned tokens: cached ones from the cache, the others (each
@@ -102,7 +122,8 @@ class PruningModelMixin:
             groups = encoder_groups([num_visual[i] for i in todo], self._zspa_encoder_budget or sum(num_visual))
         for start, end in groups:
             indices = todo[start:end]
-            encoded = super().embed_multimodal(**self._zspa_select_inputs(kwargs, indices, count))
+            with self._zspa_timer.timed("encoder", len(indices), self._zspa_device()):
+                encoded = super().embed_multimodal(**self._zspa_select_inputs(kwargs, indices, count))
             observe.record_encoder_call(len(indices), sum(num_visual[i] for i in indices), count)
             for i, visual in zip(indices, encoded):
                 found[keys[i]] = visual

@@ -41,6 +41,11 @@ DEFAULT_QUERY_SCOPE = "image_turn"
 ENCODER_CACHE_MIB_ENV = "ZSPA_ENCODER_CACHE_MIB"
 DEFAULT_ENCODER_CACHE_MIB = 512
 
+# Worker-side timing of the vision encoder and of the selection (zspa_vllm/phase_timings.py),
+# published in /metrics. Off by default: on an accelerator each timed call waits for the
+# device before and after.
+PHASE_TIMINGS_ENV = "ZSPA_PHASE_TIMINGS"
+
 # Knob values are rounded to this many decimals, so 0.25, "0.25" and 0.250000000001
 # are one setting (and one cache key).
 _DECIMALS = 9
@@ -132,3 +137,13 @@ def encoder_cache_bytes(environ: Mapping[str, str]) -> int:
     if mib < 0:
         raise ValueError(f"{ENCODER_CACHE_MIB_ENV} must be a whole number of MiB >= 0, got {raw!r}")
     return mib << 20
+
+
+def phase_timings_enabled(environ: Mapping[str, str]) -> bool:
+    """Whether ``ZSPA_PHASE_TIMINGS`` asks for phase timings ("1" on, "0" or unset off).
+
+    Raises ValueError naming the variable and the value for anything else."""
+    raw = (environ.get(PHASE_TIMINGS_ENV) or "0").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"{PHASE_TIMINGS_ENV} must be 0 or 1, got {raw!r}")
+    return raw == "1"

@@ -40,7 +40,7 @@ def start(tmp_path_factory, *args: str) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    server = start(tmp_path_factory, "--demo")
+    server = start(tmp_path_factory, "--demo", "--phase-timings")
     yield server
     server.stop()
 

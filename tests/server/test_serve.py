@@ -231,6 +231,12 @@ def test_metrics_count_visual_tokens_before_and_after(server, model):
     assert "vllm:prompt_tokens" in httpx.get(f"{server.base_url}/metrics").text  # vLLM's own are still there
 
 
+def scrape_timing(server, name: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    match = re.search(rf'^zspa_{name}\{{dp_rank="0",tp_rank="0"\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_metrics_count_encoder_cache_hits_and_misses(server, model):
     """One image, three questions, then one of them again: the vision encoder runs once
     (a miss), the other two questions are served from the encoder-output cache (hits),
@@ -241,11 +247,21 @@ def test_metrics_count_encoder_cache_hits_and_misses(server, model):
         match = re.search(rf'^zspa_encoder_cache_{name}\{{dp_rank="0",tp_rank="0"\}} (\S+)$', text, re.M)
         return float(match.group(1)) if match else 0.0
 
+    timings = ("vision_encoder_seconds_total", "vision_encoder_items_total", "selection_seconds_total", "selection_items_total")
     before = {name: scrape(name) for name in ("hits_total", "misses_total")}
+    before_timings = {name: scrape_timing(server, name) for name in timings}
     for question in ("What is it?", "Where is the circle?", "Which colour dominates?", "What is it?"):
         assert post(server, chat_body(model, 18, question, keep_rate=0.25)).status_code == 200
     delta = {name: scrape(name) - before[name] for name in before}
     assert delta == {"hits_total": 2, "misses_total": 1}
+    # --phase-timings (the session server's): one encoder run, three selections, timed
+    spent = {name: scrape_timing(server, name) - before_timings[name] for name in timings}
+    assert spent["vision_encoder_items_total"] == 1 and spent["selection_items_total"] == 3
+    assert spent["vision_encoder_seconds_total"] > 0 and spent["selection_seconds_total"] > 0
+    # an unpruned image is timed in the encoder and not selected on
+    assert post(server, chat_body(model, 19, "What is it?")).status_code == 200
+    assert scrape_timing(server, "vision_encoder_items_total") - before_timings["vision_encoder_items_total"] == 2
+    assert scrape_timing(server, "selection_items_total") - before_timings["selection_items_total"] == 3
     assert scrape("capacity_bytes") == 512 << 20  # the default
     assert 0 < scrape("bytes") <= 512 << 20
 

@@ -18,31 +18,50 @@ pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_bench(tmp_path, *args: str, timeout: int = 1200) -> None:
-    """serve_bench.py at the smallest model size (a 2x128 LLM, 2 output tokens, no
-    warm-up), writing smoke*.{md,json,png} into ``tmp_path``."""
-    command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), *args, "--hidden", "128", "--layers", "2",
-               "--max-tokens", "2", "--warmup", "0", "--kv-cache-gib", "1", "--out", str(tmp_path), "--name", "smoke"]
+def run_bench(tmp_path, *args: str, timeout: int = 1200, scale: str = "0") -> None:
+    """serve_bench.py at the smallest model size (by default the fixture's tower and a
+    2x128 LLM; 2 output tokens, no warm-up), writing smoke*.{md,json,png} into ``tmp_path``."""
+    command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), *args, "--scale", scale, "--hidden", "128",
+               "--layers", "2", "--max-tokens", "2", "--warmup", "0", "--kv-cache-gib", "1", "--out", str(tmp_path),
+               "--name", "smoke"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
 def test_serve_bench_smallest_run(tmp_path):
-    run_bench(tmp_path, "--families", "llava-1.5", "--requests", "3", "--concurrency", "3", "--repeats", "2")
+    """A proportional model at the smallest scale, two concurrencies, every setting and
+    the ideal row, with the phases recorded where they happen."""
+    run_bench(tmp_path, "--families", "llava-1.5", "--requests", "2", "--concurrency", "1,2", "--repeats", "1", scale="0.03")
     data = json.loads((tmp_path / "smoke.json").read_text())
-    rows = {row["setting"]: row for row in data["rows"]}
-    assert list(rows) == ["stock vLLM", "zspa keep_rate=1", "zspa keep_rate=0.5", "zspa keep_rate=0.25", "zspa keep_rate=0.1"]
+    settings = ["stock vLLM", "zspa keep_rate=1", "zspa keep_rate=0.5", "zspa keep_rate=0.25", "zspa keep_rate=0.1",
+                "ideal: encoder(full image) + LLM(l(0.1) tokens)"]
+    assert [(row["concurrency"], row["setting"]) for row in data["rows"]] == [(c, s) for c in (1, 2) for s in settings]
     n = visual_tokens("llava-1.5", 1024, 768)
-    stock_prompt = rows["stock vLLM"]["prompt_tokens"]["median"]
-    assert rows["zspa keep_rate=1"]["prompt_tokens"]["median"] == stock_prompt
-    for rate in (0.5, 0.25, 0.1):
-        row = rows[f"zspa keep_rate={rate:g}"]
-        assert row["prompt_tokens"]["median"] == stock_prompt - (n - num_kept(n, rate))
-        assert row["visual_tokens_kept"]["median"] == num_kept(n, rate)
-        assert len(row["runs"]) == 2 and row["ttft_p50_ms"]["min"] > 0
-        assert row["kv_admits_concurrency"] > rows["stock vLLM"]["kv_admits_concurrency"]
+    for c in (1, 2):
+        rows = {row["setting"]: row for row in data["rows"] if row["concurrency"] == c}
+        stock = rows["stock vLLM"]
+        stock_prompt = stock["prompt_tokens"]["median"]
+        assert rows["zspa keep_rate=1"]["prompt_tokens"]["median"] == stock_prompt
+        for rate in (0.5, 0.25, 0.1):
+            row = rows[f"zspa keep_rate={rate:g}"]
+            assert row["prompt_tokens"]["median"] == stock_prompt - (n - num_kept(n, rate))
+            assert row["visual_tokens_kept"]["median"] == num_kept(n, rate)
+            assert len(row["runs"]) == 1 and row["ttft_p50_ms"]["min"] > 0
+            assert row["kv_admits_concurrency"] > stock["kv_admits_concurrency"]
+            assert row["encoder_ms"]["median"] > 0 and row["selection_ms"]["median"] > 0  # timed in the workers
+        # unpruned: the encoder is timed, nothing is selected; stock vLLM times nothing
+        assert rows["zspa keep_rate=1"]["encoder_ms"]["median"] > 0 and rows["zspa keep_rate=1"]["selection_ms"]["median"] == 0
+        assert "encoder_ms" not in stock and "selection_ms" not in stock
+        for row in rows.values():  # vLLM's own histograms, and one gap per request (2 tokens)
+            assert row["prefill_ms"]["median"] > 0 and row["decode_ms"]["median"] > 0 and row["itl_p99_ms"]["median"] > 0
+        # the ideal prefills l(0.1) embedding rows and adds the full image's encoder time
+        ideal = rows[settings[-1]]
+        assert ideal["prompt_tokens"]["median"] == rows["zspa keep_rate=0.1"]["prompt_tokens"]["median"]
+        assert ideal["ttft_p50_ms"]["median"] == pytest.approx(
+            ideal["ttft_llm_only_p50_ms"]["median"] + ideal["encoder_ms"]["median"])
+        assert ideal["encoder_ms"] == rows["zspa keep_rate=1"]["encoder_ms"] and "requests_per_s" not in ideal
     table = (tmp_path / "smoke.md").read_text()
-    assert "| llava-1.5 | zspa keep_rate=0.1 |" in table and "Command: `" in table
+    assert "| llava-1.5 | 2 | zspa keep_rate=0.1 |" in table and "Command: `" in table and "scaled by 0.03" in table
     assert (tmp_path / "smoke.png").read_bytes()[:4] == b"\x89PNG"
 
 

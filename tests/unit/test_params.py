@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 from zspa_vllm.params import (
     ENCODER_CACHE_MIB_ENV,
     KNOB_NAMES,
+    PHASE_TIMINGS_ENV,
     PruneParams,
     encoder_cache_bytes,
+    phase_timings_enabled,
     parse_knobs,
     split_knobs,
 )
@@ -41,6 +43,17 @@ def test_bad_encoder_cache_size_names_variable_and_value(value):
     with pytest.raises(ValueError) as err:
         encoder_cache_bytes({ENCODER_CACHE_MIB_ENV: value})
     assert str(err.value) == f"ZSPA_ENCODER_CACHE_MIB must be a whole number of MiB >= 0, got {value!r}"
+
+
+@pytest.mark.parametrize("value, expected", [(None, False), ("", False), ("0", False), ("1", True), (" 1 ", True)])
+def test_phase_timings_switch(value, expected):
+    assert phase_timings_enabled({} if value is None else {PHASE_TIMINGS_ENV: value}) is expected
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "true"])
+def test_bad_phase_timings_switch_names_variable_and_value(value):
+    with pytest.raises(ValueError, match=rf"^ZSPA_PHASE_TIMINGS must be 0 or 1, got '{value}'$"):
+        phase_timings_enabled({PHASE_TIMINGS_ENV: value})
 
 
 @pytest.mark.parametrize("spelling", [0.25, "0.25", 0.250, " 0.25 ", "2.5e-1", 0.2500000000001])

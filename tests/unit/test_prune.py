@@ -1,8 +1,10 @@
 """zspa_vllm.prune against the reference, plus edge cases, a semantic check and cost checks."""
 
+import contextlib
 import math
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -16,6 +18,16 @@ from zspa_vllm.prune import METHODS, num_kept, select_tokens, selection_order
 from .reference_prune import reference_select
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# The two greedy loops (prune.py, "Cost"): the CPU's candidate-set loop and the
+# accelerators' full-scan loop, which these tests run on the CPU.
+LOOPS = ["candidates", "full_scans"]
+
+
+def _loop(name):
+    """Run the selection with the named greedy loop."""
+    if name == "candidates":
+        return contextlib.nullcontext()
+    return mock.patch.object(prune, "HOST_LOOP_DEVICES", ())
 
 
 # ---------------------------------------------------------------- num_kept
@@ -98,9 +110,11 @@ def pruning_cases(draw):
     )
 
 
-@given(pruning_cases())
-def test_matches_reference(case):
-    got = select_tokens(**case)
+@pytest.mark.parametrize("loop", LOOPS)
+@given(case=pruning_cases())
+def test_matches_reference(loop, case):
+    with _loop(loop):
+        got = select_tokens(**case)
     assert got.dtype == torch.long
     assert got.tolist() == reference_select(**case)
 
@@ -284,22 +298,25 @@ def test_bad_arguments_raise_value_error_naming_the_value(kwargs, fragment):
 class _OpLog(TorchDispatchMode):
     """Records every aten op run and the largest tensor any of them produced."""
 
-    def __init__(self):
+    def __init__(self, shapes=False):
         super().__init__()
         self.ops, self.largest = [], 0
+        self.shapes = [] if shapes else None  # each op's tensor arguments' row counts
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.ops.append(func)
+        if self.shapes is not None:
+            self.shapes.append([a.shape[0] if a.dim() else None for a in args if isinstance(a, torch.Tensor)] or [None])
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
         return out
 
 
-def _run_logged(n, method, num_keep=20, core_ratio=0.25, d=16):
+def _run_logged(n, method, num_keep=20, core_ratio=0.25, d=16, loop="full_scans"):
     visual, query = _case(n=n, d=d)
-    with _OpLog() as log:
+    with _loop(loop), _OpLog() as log:
         select_tokens(visual, query, num_keep, core_ratio, method=method)
     return log
 
@@ -334,17 +351,57 @@ HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_
 
 def _sync_ops(check_values: bool, method: str, core_ratio: float) -> list[str]:
     visual, query = _case(n=300, d=16)
-    with _OpLog() as log:
+    with _loop("full_scans"), _OpLog() as log:
         select_tokens(visual, query, 30, core_ratio, method=method, check_values=check_values)
     return [op.__name__.split(".")[0] for op in log.ops if op.__name__.split(".")[0] in HOST_SYNC_OPS]
 
 
 @pytest.mark.parametrize("method, core_ratio", [("zspa", 0.2), ("zspa", 0.0), ("relevance", 1.0), ("divprune", 0.2)])
 def test_selection_never_waits_for_the_device(method, core_ratio):
-    """What the engine runs (check_values=False) reads no scalar and makes no
-    data-sized tensor anywhere, in the greedy loop or around it; the value check does."""
+    """What the engine runs on an accelerator (check_values=False, the full-scan loop)
+    reads no scalar and makes no data-sized tensor anywhere, in the greedy loop or
+    around it; the value check does."""
     assert _sync_ops(False, method, core_ratio) == []
     assert "_local_scalar_dense" in _sync_ops(True, method, core_ratio)
+
+
+def _full_row_products(log, n):
+    """Mat-vecs / mat-muls over all n rows (the memory-bound part of a pick)."""
+    return [op for op, shapes in zip(log.ops, log.shapes) if op.__name__.split(".")[0] in ("mv", "mm") and shapes[0] == n]
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "clustered", "duplicates"])
+def test_candidate_loop_picks_what_full_scans_pick_with_few_full_products(kind):
+    """The CPU loop gives the full-scan loop's order (not only its set), while reading
+    all n rows only a few times instead of once per pick."""
+    n, d, num_keep = 2000, 48, 200
+    gen = torch.Generator().manual_seed(7)
+    if kind == "gaussian":
+        visual = torch.randn(n, d, generator=gen)
+    else:  # correlated tokens around a few centres, as a vision encoder's are
+        centres = torch.randn(8, d, generator=gen)
+        visual = centres[torch.randint(0, 8, (n,), generator=gen)] + 0.5 * torch.randn(n, d, generator=gen)
+    if kind == "duplicates":  # many exact ties: the candidate set must widen
+        visual[1000:] = visual[:1000]
+    query = torch.randn(4, d, generator=gen)
+    for method, core_ratio in [("zspa", 0.2), ("zspa", 0.0), ("divprune", 0.0)]:
+        with _loop("full_scans"):
+            want = selection_order(visual, query, num_keep, core_ratio, method=method)
+        with _OpLog(shapes=True) as log:
+            got = selection_order(visual, query, num_keep, core_ratio, method=method)
+        assert got.tolist() == want.tolist()
+        full = _full_row_products(log, n)
+        assert 2 <= len(full) <= 12, (kind, method, len(full))  # full scans: one per pick
+
+
+def test_candidate_loop_is_the_cpu_default():
+    visual, query = _case(n=2000, d=16)
+    with _OpLog(shapes=True) as log:
+        select_tokens(visual, query, 200, 0.2)
+    assert len(_full_row_products(log, 2000)) < 20
+    with _loop("full_scans"), _OpLog(shapes=True) as log:
+        select_tokens(visual, query, 200, 0.2)
+    assert len(_full_row_products(log, 2000)) > 150
 
 
 def test_without_the_value_check_the_selection_is_the_same():
