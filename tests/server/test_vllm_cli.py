@@ -52,10 +52,6 @@ def test_vllm_serve_prunes_with_the_plugin(tmp_path):
 
         full, pruned = prompt_tokens(), prompt_tokens(mm_processor_kwargs={"keep_rate": 0.25})
         assert full - pruned == N - 144
-        # phase timings are off unless asked for (zspa-serve --phase-timings): nothing timed
-        metrics = httpx.get(f"{server.base_url}/metrics").text
-        assert re.search(r'^zspa_encoder_cache_misses_total\{dp_rank="0",tp_rank="0"\} 1\.0$', metrics, re.M)
-        assert re.search(r'^zspa_vision_encoder_items_total\{dp_rank="0",tp_rank="0"\} 0\.0$', metrics, re.M)
     finally:
         server.stop()
 
