@@ -1,5 +1,7 @@
 """Engine settings under which pruning would hand the prefill wrong tokens, refused when
-vLLM builds its config (in the process that starts the engine, before any worker).
+vLLM builds its config (in the process that starts the engine, before any worker); the
+same hook installs the scheduler that charges unpruned encoder work
+(``zspa_vllm.encoder_budget``).
 
 vLLM calls ``MODELS_CONFIG_MAP[architecture].verify_and_update_config(vllm_config)`` from
 ``VllmConfig.__post_init__``; ``install`` puts our check there for every architecture
@@ -9,6 +11,8 @@ the plugin overrides, in front of vLLM's own entry (which it still calls).
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from zspa_vllm import encoder_budget
 
 # vLLM's own entries (or None) for the architectures we took over, by architecture.
 _UPSTREAM: dict[str, type | None] = {}
@@ -53,6 +57,7 @@ class ZspaConfigChecks:
         reason = refusal(vllm_config)
         if reason is not None:
             raise ValueError(reason)
+        encoder_budget.install(vllm_config)
         upstream = _UPSTREAM.get(vllm_config.model_config.architecture)
         if upstream is not None:
             upstream.verify_and_update_config(vllm_config)

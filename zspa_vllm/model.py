@@ -7,9 +7,9 @@ vision encoder and projector (the parent class), or as given for precomputed emb
 It then embeds the item's query ids with the LLM's input embedding table, selects with
 ``zspa_vllm.prune`` and returns the kept rows. vLLM calls it once per modality.
 
-vLLM's scheduler charges the encoder budget with each image's placeholder count, which
-pruning shrinks, while the vision encoder still sees every patch: at keep_rate 0.1 it
-would hand ~10x more images to one encoder call than the budget was sized for. So the
+The scheduler charges its encoder budget with each item's unpruned tokens
+(``zspa_vllm.encoder_budget``). Where it does not (a user's own ``scheduler_cls``), it
+hands one call up to 1/keep_rate times the images the budget was sized for, so the
 items of a call are encoded in groups whose UNPRUNED token count fits the budget.
 """
 

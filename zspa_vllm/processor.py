@@ -11,7 +11,9 @@ it computes from the item and *every* processor kwarg. ``_get_mm_hashes`` replac
 a pruned item's identity is its stock hash plus its own selection key (knobs and its own
 query), so an item keeps its identity for as long as its query does (a conversation's
 earlier images stay cached at every new turn), and every other item (a video of a family
-that does not prune videos, say) keeps exactly stock vLLM's hash.
+that does not prune videos, say) keeps exactly stock vLLM's hash. A pruned item's identity
+also carries its unpruned token count, which the scheduler charges its encoder budget
+with (``zspa_vllm.encoder_budget``).
 
 The kwarg is removed before the Hugging Face processor runs; what the model needs is
 added as per-item fields (``field_names(modality)``), for pixel inputs and precomputed
@@ -27,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from zspa_vllm import tally
+from zspa_vllm import encoder_budget, tally
 from zspa_vllm.params import PruneParams, parse_knobs, split_knobs
 from zspa_vllm.plan import PrunePlan
 from zspa_vllm.prune import METHODS
@@ -133,6 +135,7 @@ class PruningProcessorMixin:
         from vllm.multimodal.hasher import MultiModalHasher
 
         algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
+        kwargs = {k: v for k, v in inputs.hf_processor_mm_kwargs.items() if k != ZSPA_KWARG}
         hashes = {modality: list(h) for modality, h in plan.stock_hashes.items()}
         for modality in plan.modalities:
             hashes[modality] = [
@@ -141,6 +144,11 @@ class PruningProcessorMixin:
                 )
                 for i, stock in enumerate(plan.stock_hashes[modality])
             ]
+            # the scheduler charges the encoder budget with the unpruned count (none to
+            # encode for precomputed embeddings)
+            counts = self._zspa_token_counts(inputs.mm_data_items, kwargs, modality)
+            if counts:
+                hashes[modality] = [encoder_budget.tag(h, n) for h, n in zip(hashes[modality], counts, strict=True)]
         return hashes
 
     def _get_cache_missing_processor_kwargs(self, inputs, mm_is_cached):

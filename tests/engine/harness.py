@@ -18,11 +18,13 @@ module-scoped fixtures in tests/engine/conftest.py); at most one engine is alive
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import io
 import math
 import os
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,20 +245,47 @@ def ask(llm, images, question: str, max_tokens: int = 3, system: str | None = No
     return out
 
 
-def check_encoder_not_over_packed(label: str, num_images: int, budget: int, num_visual: int) -> None:
-    """After ``num_images`` pruned images of ``num_visual`` tokens each went through the
-    engine at once (zspa_vllm.observe.ENCODER_CALLS recorded since the last clear)."""
+def scheduler_of(llm):
+    """The in-process engine's scheduler."""
+    return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+@contextlib.contextmanager
+def stock_encoder_charging(llm):
+    """The engine's scheduler charging placeholder counts, as vLLM's own does."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    scheduler = scheduler_of(llm)
+    scheduler._try_schedule_encoder_inputs = types.MethodType(Scheduler._try_schedule_encoder_inputs, scheduler)
+    try:
+        yield
+    finally:
+        del scheduler._try_schedule_encoder_inputs
+
+
+def check_encoder_steps_fit_the_budget(label: str, llm, run, num_images: int, num_visual: int) -> None:
+    """``run()`` sends ``num_images`` new pruned images of ``num_visual`` tokens at once:
+    each step hands the model at most the images that fit the scheduler's encoder budget
+    UNPRUNED, while vLLM's own charging (placeholder counts) hands it more on the same
+    engine."""
     from zspa_vllm import observe
 
-    calls = list(observe.ENCODER_CALLS)
-    assert sum(c.num_images for c in calls) == num_images
-    # vLLM charges the encoder budget with the pruned placeholder count, so it hands one
-    # embed_multimodal call more images than fit the budget unpruned ...
-    assert max(c.batch_images for c in calls) > budget // num_visual
-    # ... which the plugin encodes in groups whose unpruned tokens fit the budget
-    assert max(c.num_visual_tokens for c in calls) <= budget
-    print(f"\n[{label} encoder] images per vision-encoder call / in its embed_multimodal batch: "
-          f"{[f'{c.num_images}/{c.batch_images}' for c in calls]}")
+    budget = scheduler_of(llm).max_num_encoder_input_tokens  # max(batched tokens, largest item)
+    fit = max(1, budget // num_visual)
+    assert fit < num_images, f"{num_images} images of {num_visual} tokens all fit a budget of {budget}"
+    batches = {}
+    for charging, context in (("zspa", contextlib.nullcontext()), ("stock", stock_encoder_charging(llm))):
+        observe.clear()
+        with context:
+            run()
+        calls = list(observe.ENCODER_CALLS)
+        assert sum(c.num_images for c in calls) == num_images
+        # each vision-encoder call fits the budget unpruned either way (the model's groups)
+        assert max(c.num_visual_tokens for c in calls) <= max(budget, num_visual)
+        batches[charging] = [c.batch_images for c in calls]
+    print(f"\n[{label} encoder] images per step, budget {budget} = {fit} unpruned: {batches}")
+    assert max(batches["zspa"]) <= fit
+    assert max(batches["stock"]) > fit
 
 
 # --------------------------------------------------------------------------- token counts

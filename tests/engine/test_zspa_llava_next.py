@@ -297,19 +297,21 @@ def test_chunked_prefill_matches_unchunked(engines):
 
 
 def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
-    from tests.engine.harness import check_encoder_not_over_packed
-    from zspa_vllm import observe
+    from tests.engine.harness import check_encoder_steps_fit_the_budget
 
     encoder_budget = 3000  # two 336x336 images (1176 tokens each) unpruned
     llm, _ = engines(FAMILY, max_num_batched_tokens=encoder_budget, max_num_seqs=32)
     n = visual_tokens(FAMILY, 336, 336)
-    specs = [req([(336, 336, 100 + i)]) for i in range(12)]
-    observe.clear()
-    outs = llm.chat(
-        [request_messages(spec) for spec in specs],
-        sampling(max_tokens=1),
-        mm_processor_kwargs={"keep_rate": 0.1},
-        use_tqdm=False,
-    )
-    assert [image_runs(o.prompt_token_ids) for o in outs] == [[budget(n, 0.1)]] * 12
-    check_encoder_not_over_packed(FAMILY, 12, encoder_budget, n)
+    seeds = iter(range(100, 1000))
+
+    def run():
+        specs = [req([(336, 336, next(seeds))]) for _ in range(12)]
+        outs = llm.chat(
+            [request_messages(spec) for spec in specs],
+            sampling(max_tokens=1),
+            mm_processor_kwargs={"keep_rate": 0.1},
+            use_tqdm=False,
+        )
+        assert [image_runs(o.prompt_token_ids) for o in outs] == [[budget(n, 0.1)]] * 12
+
+    check_encoder_steps_fit_the_budget(FAMILY, llm, run, 12, n)

@@ -10,7 +10,7 @@ logprobs, and the same comparison with other position rules fails.
 
 Four engines, one alive at a time, started in file order: "main" (prefix caching on,
 unchunked), "noprefix" (prefix caching off), "chunked" (20 tokens per step; these three
-take a video) and "small-encoder-budget". Stock vLLM's outputs come from a child process started at module begin.
+take a video) and "many-images". Stock vLLM's outputs come from a child process started at module begin.
 """
 
 from __future__ import annotations
@@ -48,14 +48,17 @@ IMAGE, VIDEO = 888, 889  # <|image_pad|>, <|video_pad|> (fixture config.json)
 QUESTION = "What is shown in this picture?"
 SYSTEM = "You are a helpful assistant."
 OTHER_QUESTION = "How many red circles are there in the top left corner?"
-ENCODER_BUDGET = 400  # two to four 336x336 images unpruned (Qwen2/2.5: 144 tokens each, Qwen3: 100)
+# the scheduler's encoder budget is max(max_num_batched_tokens, the largest image) = 2048:
+# three or four 672x672 images unpruned (Qwen2/2.5: 576 tokens each, Qwen3: 441), while
+# twelve of them pruned to 0.1 fit one step's token budget
+ENCODER_BUDGET = 2048
 CHUNK = 20  # tokens per step of the "chunked" engine: the first image token is prompt token 20
 MEDIA = {"limit_mm_per_prompt": {"image": 2, "video": 1}}
 ENGINES = {
     "main": dict(enable_prefix_caching=True, **MEDIA),
     "noprefix": dict(enable_prefix_caching=False, **MEDIA),
     "chunked": dict(enable_prefix_caching=True, enable_chunked_prefill=True, max_num_batched_tokens=CHUNK, **MEDIA),
-    "small-encoder-budget": dict(max_num_batched_tokens=ENCODER_BUDGET, max_num_seqs=32),
+    "many-images": dict(max_num_batched_tokens=ENCODER_BUDGET, max_num_seqs=32),
 }
 EXACT_ATOL = 1e-5  # the same computation (float32, or bfloat16 on the same schedule)
 DIFF_MIN = 1e-3  # what a real difference moves some logprob by, at least
@@ -703,17 +706,22 @@ def test_a_video_keeps_the_identity_its_family_gives_it(engines):
 
 # --------------------------------------------------------------------------- encoder budget
 def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
-    llm = engines.get("small-encoder-budget")
-    n = visual_tokens(engines.family, 336, 336)
-    images = [fresh(336, 336) for _ in range(12)]
-    conversations = [request_messages({"images": [image], "question": QUESTION, "system": SYSTEM}) for image in images]
-    observe.clear()
-    outs = llm.chat(conversations, sampling(1), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
-    assert [[length for _, length in image_runs(o.prompt_token_ids)] for o in outs] == [[num_kept(n, 0.1)]] * 12
-    harness.check_encoder_not_over_packed(engines.family, 12, ENCODER_BUDGET, n)
-    # grouping changes nothing: each image's kept set is what it gets encoded alone
+    llm = engines.get("many-images")
+    n = visual_tokens(engines.family, 672, 672)
+    sent = []
+
+    def run():
+        images = [fresh(672, 672) for _ in range(12)]
+        conversations = [request_messages({"images": [im], "question": QUESTION, "system": SYSTEM}) for im in images]
+        outs = llm.chat(conversations, sampling(1), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
+        assert [[length for _, length in image_runs(o.prompt_token_ids)] for o in outs] == [[num_kept(n, 0.1)]] * 12
+        sent.append(images)
+
+    harness.check_encoder_steps_fit_the_budget(engines.family, llm, run, 12, n)
+    # the last run (vLLM's charging) encoded several images per call in the model's
+    # groups, which changes nothing: each image's kept set is what it gets encoded alone
     selections = sorted(s.kept for s in observe.RECENT)
-    assert selections == sorted(_kept_when_encoded_alone(llm, engines.family, images, 0.1))
+    assert selections == sorted(_kept_when_encoded_alone(llm, engines.family, sent[-1], 0.1))
 
 
 def _kept_when_encoded_alone(llm, family, images, keep_rate, method="zspa", core_ratio=0.2) -> list[tuple[int, ...]]:

@@ -76,12 +76,18 @@ HOOKS = {
     # runner hooks that make the runners call recompute_mrope_positions for images
     "vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings": "(self, scheduler_output: 'SchedulerOutput', shift_computed_tokens: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]",
     "vllm.v1.worker.gpu.model_states.mm_pruning:maybe_create_mm_pruner": "(model_config: vllm.config.model.ModelConfig, model: torch.nn.modules.module.Module, rope_state: vllm.v1.worker.gpu.mm.rope.RopeState | None, encoder_cache: vllm.v1.worker.gpu.mm.encoder_cache.EncoderCache | None) -> vllm.v1.worker.gpu.model_states.mm_pruning.MultiModalPruner | None",
+    # the scheduler charging unpruned encoder work (zspa_vllm/encoder_budget.py)
+    "vllm.v1.core.sched.scheduler:Scheduler._try_schedule_encoder_inputs": "(self, request: vllm.v1.request.Request, num_computed_tokens: int, num_new_tokens: int, encoder_compute_budget: int, shift_computed_tokens: int = 0) -> tuple[list[int], int, int, list[int], list[int]]",
+    "vllm.v1.core.sched.async_scheduler:AsyncScheduler._try_schedule_encoder_inputs": "(self, request: vllm.v1.request.Request, num_computed_tokens: int, num_new_tokens: int, encoder_compute_budget: int, shift_computed_tokens: int = 0) -> tuple[list[int], int, int, list[int], list[int]]",
     "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.__init__": "(self, model: torch.nn.modules.module.Module, rope_state: vllm.v1.worker.gpu.mm.rope.RopeState, encoder_cache: vllm.v1.worker.gpu.mm.encoder_cache.EncoderCache, inputs_embeds_size: int) -> None",
 }
 
 # dataclass fields the processor reads or replaces
 FIELDS = {
     "vllm.multimodal.processing.inputs:ProcessorInputs": ["prompt", "mm_data_items", "mm_uuid_items", "hf_processor_mm_kwargs", "media_io_kwargs", "cache"],
+    # the scheduler reads an item's identity (tagged with its unpruned count) and position
+    "vllm.multimodal.inputs:MultiModalFeatureSpec": ["data", "modality", "identifier", "mm_position", "mm_hash"],
+    "vllm.multimodal.inputs:PlaceholderRange": ["offset", "length", "is_embed"],
 }
 
 
@@ -181,3 +187,26 @@ def test_scheduler_config_still_has_the_encoder_budget():
     from vllm.config import SchedulerConfig
 
     assert "max_num_encoder_input_tokens" in SchedulerConfig.__dataclass_fields__
+
+
+def test_scheduler_choice_our_factory_mirrors():
+    """zspa_vllm.encoder_budget.scheduler builds, charging unpruned tokens, the class vLLM
+    picks when no scheduler class is named; EngineCore calls what scheduler_cls resolves
+    to with keywords only, and the scheduler sizes each step's encoder work by
+    max_num_encoder_input_tokens."""
+    from vllm.config import SchedulerConfig
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.engine.core import EngineCore
+
+    for async_scheduling, expected in ((True, AsyncScheduler), (False, Scheduler)):
+        config = SchedulerConfig(max_model_len=64, is_encoder_decoder=False, async_scheduling=async_scheduling)
+        assert config.get_scheduler_cls() is expected
+    config = SchedulerConfig(max_model_len=64, is_encoder_decoder=False, scheduler_cls="zspa_vllm.encoder_budget.scheduler")
+    from zspa_vllm import encoder_budget
+
+    assert config.get_scheduler_cls() is encoder_budget.scheduler
+    source = inspect.getsource(EngineCore.__init__)
+    assert "Scheduler = vllm_config.scheduler_config.get_scheduler_cls()" in source
+    assert "self.scheduler: SchedulerInterface = Scheduler(\n            vllm_config=vllm_config," in source
+    assert "encoder_compute_budget = self.max_num_encoder_input_tokens" in inspect.getsource(Scheduler.schedule)

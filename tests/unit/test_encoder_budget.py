@@ -1,0 +1,54 @@
+"""The unpruned count in an item's identity, and the scheduler the config hook installs.
+(The charging itself runs on the real engine: tests/engine, ``*_do_not_over_pack_*``.)"""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from zspa_vllm import encoder_budget
+
+
+@pytest.mark.parametrize("identity", ["0f3a9c", "lora-7:0f3a9c", "", "abc~zspa-n"])
+def test_the_tag_round_trips_through_any_identity(identity):
+    assert encoder_budget.unpruned_count(encoder_budget.tag(identity, 1176)) == 1176
+    # vLLM prefixes a LoRA name to the hash it is given: the count is still read
+    assert encoder_budget.unpruned_count("lora:" + encoder_budget.tag(identity, 5)) == 5
+
+
+@pytest.mark.parametrize("identity", ["0f3a9c", "12345", "x~zspa-n12a", "x~zspa-n"])
+def test_an_untagged_identity_carries_no_count(identity):
+    assert encoder_budget.unpruned_count(identity) is None
+
+
+def _feature(identifier: str, embeds: int):
+    from vllm.multimodal.inputs import MultiModalFeatureSpec, PlaceholderRange
+
+    return MultiModalFeatureSpec(
+        data=None, modality="image", identifier=identifier, mm_position=PlaceholderRange(offset=3, length=embeds)
+    )
+
+
+def test_an_item_costs_its_unpruned_tokens_at_most_the_whole_budget():
+    assert encoder_budget.encoder_cost(_feature(encoder_budget.tag("h", 576), 58), 2048) == 576
+    assert encoder_budget.encoder_cost(_feature(encoder_budget.tag("h", 5000), 500), 2048) == 2048
+    assert encoder_budget.encoder_cost(_feature("h", 58), 2048) == 58  # stock: its embeds
+
+
+def _vllm_config(scheduler_cls=None):
+    from vllm.config import SchedulerConfig
+
+    config = SchedulerConfig(max_model_len=64, is_encoder_decoder=False, scheduler_cls=scheduler_cls)
+    return SimpleNamespace(scheduler_config=config)
+
+
+def test_install_names_the_factory_and_keeps_a_users_scheduler(caplog):
+    config = _vllm_config()
+    encoder_budget.install(config)
+    encoder_budget.install(config)  # re-entrant
+    assert config.scheduler_config.get_scheduler_cls() is encoder_budget.scheduler
+    mine = _vllm_config("my_pkg.MyScheduler")
+    with caplog.at_level(logging.WARNING, logger=encoder_budget.__name__):
+        encoder_budget.install(mine)
+    assert mine.scheduler_config.scheduler_cls == "my_pkg.MyScheduler"
+    assert "my_pkg.MyScheduler" in caplog.text and "1/keep_rate" in caplog.text

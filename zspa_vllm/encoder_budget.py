@@ -1,0 +1,107 @@
+"""The scheduler charges its vision-encoder budget with each item's UNPRUNED tokens.
+
+vLLM's scheduler admits an item's encoder work into a step while its placeholder count
+fits ``encoder_compute_budget`` (``Scheduler._try_schedule_encoder_inputs``). Pruning
+shrinks the placeholder count but the vision encoder still sees every patch, so one step
+would carry up to 1/keep_rate times the encoder work the budget was sized for, and every
+request that is decoding waits for it (inter-token latency under load).
+
+The unpruned count has to reach the engine-core process with the request, whatever the
+processor cache does to the item's data (with ``mm_processor_cache_type=shm`` the engine
+core sees only a shared-memory address), so it travels in the item's identity: a pruned
+item's hash ends in ``UNPRUNED_TAG`` + its unpruned token count (``tag``). Items without
+the tag (unpruned, stock) are charged as vLLM charges them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+logger = logging.getLogger(__name__)
+
+UNPRUNED_TAG = "~zspa-n"
+_TAGGED = re.compile(re.escape(UNPRUNED_TAG) + r"(\d+)$")
+# what EngineCore resolves SchedulerConfig.scheduler_cls to (a factory, see scheduler())
+SCHEDULER_QUALNAME = f"{__name__}.scheduler"
+
+
+def tag(identity: str, num_unpruned: int) -> str:
+    """``identity`` (a pruned item's hash) carrying its unpruned token count."""
+    return f"{identity}{UNPRUNED_TAG}{num_unpruned}"
+
+
+def unpruned_count(identifier: str) -> int | None:
+    """The unpruned token count a tagged identity carries, or None (not tagged)."""
+    match = _TAGGED.search(identifier)
+    return int(match.group(1)) if match else None
+
+
+def encoder_cost(feature, full_budget: int) -> int:
+    """What an item's encoder work costs the step's budget: its unpruned tokens (at most
+    the whole budget, so an item alone always fits an untouched step), else its embeds."""
+    unpruned = unpruned_count(feature.identifier)
+    if unpruned is None:
+        return feature.mm_position.get_num_embeds()
+    return min(unpruned, full_budget)
+
+
+class ChargeUnprunedMixin:
+    """Mix in before vLLM's ``Scheduler`` (or ``AsyncScheduler``)."""
+
+    def _try_schedule_encoder_inputs(
+        self, request, num_computed_tokens, num_new_tokens, encoder_compute_budget, shift_computed_tokens=0
+    ):
+        # vLLM's own pass (placeholder counts), then keep only the leading items whose
+        # unpruned cost fits; the first that does not is handled as vLLM handles an item
+        # over budget: schedule only the tokens before it. (Nothing is allocated for the
+        # items dropped here: the scheduler allocates after this returns. A preempted
+        # request's refund in vLLM's schedule() uses placeholder counts, so it refunds
+        # less than we charged: that step encodes less, never more.)
+        scheduled, num_new_tokens, _, external, duplicates = super()._try_schedule_encoder_inputs(
+            request, num_computed_tokens, num_new_tokens, encoder_compute_budget, shift_computed_tokens
+        )
+        budget = encoder_compute_budget
+        for position, i in enumerate(scheduled):
+            feature = request.mm_features[i]
+            cost = encoder_cost(feature, self.max_num_encoder_input_tokens)
+            if cost > budget:
+                start_pos = feature.mm_position.offset
+                done = num_computed_tokens + shift_computed_tokens
+                num_new_tokens = min(num_new_tokens, start_pos - done) if done < start_pos else 0
+                scheduled = scheduled[:position]
+                external = [j for j in external if j < i]
+                duplicates = [j for j in duplicates if j < i]
+                break
+            budget -= cost
+        return scheduled, num_new_tokens, budget, external, duplicates
+
+
+_SCHEDULERS: dict[type, type] = {}
+
+
+def scheduler(*, vllm_config, **kwargs):
+    """The scheduler EngineCore builds (``SchedulerConfig.scheduler_cls`` names this):
+    the class vLLM would pick, charging unpruned tokens. A factory, because vLLM decides
+    async scheduling after the model's config hook has run."""
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    # as SchedulerConfig.get_scheduler_cls picks when no class is named
+    base = AsyncScheduler if vllm_config.scheduler_config.async_scheduling else Scheduler
+    if base not in _SCHEDULERS:
+        _SCHEDULERS[base] = type(f"ZspaCharged{base.__name__}", (ChargeUnprunedMixin, base), {})
+    return _SCHEDULERS[base](vllm_config=vllm_config, **kwargs)
+
+
+def install(vllm_config) -> None:
+    """Make EngineCore build ``scheduler`` (called from the model's config hook)."""
+    config = vllm_config.scheduler_config
+    if config.scheduler_cls in (None, SCHEDULER_QUALNAME):
+        config.scheduler_cls = SCHEDULER_QUALNAME
+    else:  # someone else's scheduler: served as is, the model still bounds each encoder call
+        logger.warning(
+            "zspa-vllm: scheduler_cls=%s is kept; its encoder budget counts pruned placeholder "
+            "tokens, so one step may encode up to 1/keep_rate times the images it was sized for",
+            config.scheduler_cls,
+        )
