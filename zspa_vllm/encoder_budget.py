@@ -6,6 +6,13 @@ shrinks the placeholder count but the vision encoder still sees every patch, so 
 would carry up to 1/keep_rate times the encoder work the budget was sized for, and every
 request that is decoding waits for it (inter-token latency under load).
 
+Without pruning, a step's encoder work is also bounded by its token budget: an image's
+placeholder tokens are prefilled in the step that encodes it. The encoder budget is at
+least the largest possible item (Qwen2.5-VL: 16384 tokens), far above a typical token
+budget, so with short pruned runs the token budget no longer bounds anything. A pruned
+item is therefore admitted while the step's unpruned encoder work stays within both
+budgets (the step's first item always goes, as an unpruned one would).
+
 The unpruned count has to reach the engine-core process with the request, whatever the
 processor cache does to the item's data (with ``mm_processor_cache_type=shm`` the engine
 core sees only a shared-memory address), so it travels in the item's identity: a pruned
@@ -37,13 +44,21 @@ def unpruned_count(identifier: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def encoder_cost(feature, full_budget: int) -> int:
-    """What an item's encoder work costs the step's budget: its unpruned tokens (at most
-    the whole budget, so an item alone always fits an untouched step), else its embeds."""
+def encoder_cost(feature) -> int:
+    """What an item's encoder work costs a step: its unpruned tokens, else its embeds."""
     unpruned = unpruned_count(feature.identifier)
-    if unpruned is None:
-        return feature.mm_position.get_num_embeds()
-    return min(unpruned, full_budget)
+    return feature.mm_position.get_num_embeds() if unpruned is None else unpruned
+
+
+def admits(cost: int, pruned: bool, charged: int, budget_left: int, token_budget: int) -> bool:
+    """Whether a step that has charged ``charged`` for encoder work so far (``budget_left``
+    of its encoder budget left) takes an item costing ``cost``: an unpruned item as vLLM
+    does, a pruned one also within the token budget; the step's first item always."""
+    if charged == 0:
+        return True
+    if cost > budget_left:
+        return False
+    return not pruned or charged + cost <= token_budget
 
 
 class ChargeUnprunedMixin:
@@ -52,20 +67,22 @@ class ChargeUnprunedMixin:
     def _try_schedule_encoder_inputs(
         self, request, num_computed_tokens, num_new_tokens, encoder_compute_budget, shift_computed_tokens=0
     ):
-        # vLLM's own pass (placeholder counts), then keep only the leading items whose
-        # unpruned cost fits; the first that does not is handled as vLLM handles an item
-        # over budget: schedule only the tokens before it. (Nothing is allocated for the
-        # items dropped here: the scheduler allocates after this returns. A preempted
-        # request's refund in vLLM's schedule() uses placeholder counts, so it refunds
-        # less than we charged: that step encodes less, never more.)
+        # vLLM's own pass (placeholder counts), then keep only the leading items that
+        # ``admits``; the first it refuses is handled as vLLM handles an item over budget:
+        # schedule only the tokens before it. (Nothing is allocated for the items dropped
+        # here: the scheduler allocates after this returns. A preempted request's refund
+        # in vLLM's schedule() uses placeholder counts, so it refunds less than we
+        # charged: that step encodes less, never more.)
         scheduled, num_new_tokens, _, external, duplicates = super()._try_schedule_encoder_inputs(
             request, num_computed_tokens, num_new_tokens, encoder_compute_budget, shift_computed_tokens
         )
         budget = encoder_compute_budget
         for position, i in enumerate(scheduled):
             feature = request.mm_features[i]
-            cost = encoder_cost(feature, self.max_num_encoder_input_tokens)
-            if cost > budget:
+            cost = encoder_cost(feature)
+            charged = self.max_num_encoder_input_tokens - budget
+            pruned = unpruned_count(feature.identifier) is not None
+            if not admits(cost, pruned, charged, budget, self.max_num_scheduled_tokens):
                 start_pos = feature.mm_position.offset
                 done = num_computed_tokens + shift_computed_tokens
                 num_new_tokens = min(num_new_tokens, start_pos - done) if done < start_pos else 0
@@ -74,7 +91,7 @@ class ChargeUnprunedMixin:
                 duplicates = [j for j in duplicates if j < i]
                 break
             budget -= cost
-        return scheduled, num_new_tokens, budget, external, duplicates
+        return scheduled, num_new_tokens, max(budget, 0), external, duplicates
 
 
 _SCHEDULERS: dict[type, type] = {}
@@ -90,7 +107,7 @@ def scheduler(*, vllm_config, **kwargs):
     # as SchedulerConfig.get_scheduler_cls picks when no class is named
     base = AsyncScheduler if vllm_config.scheduler_config.async_scheduling else Scheduler
     if base not in _SCHEDULERS:
-        _SCHEDULERS[base] = type(f"ZspaCharged{base.__name__}", (ChargeUnprunedMixin, base), {})
+        _SCHEDULERS[base] = type(f"ZspaCharged{base.__name__}", (ChargeUnprunedMixin, base), {"__module__": __name__})
     return _SCHEDULERS[base](vllm_config=vllm_config, **kwargs)
 
 

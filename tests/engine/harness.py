@@ -265,12 +265,15 @@ def stock_encoder_charging(llm):
 
 def check_encoder_steps_fit_the_budget(label: str, llm, run, num_images: int, num_visual: int) -> None:
     """``run()`` sends ``num_images`` new pruned images of ``num_visual`` tokens at once:
-    each step hands the model at most the images that fit the scheduler's encoder budget
+    each step hands the model at most the images that fit the scheduler's budgets
     UNPRUNED, while vLLM's own charging (placeholder counts) hands it more on the same
     engine."""
     from zspa_vllm import observe
 
-    budget = scheduler_of(llm).max_num_encoder_input_tokens  # max(batched tokens, largest item)
+    scheduler = scheduler_of(llm)
+    # the encoder budget is max(batched tokens, largest item); a pruned item also keeps
+    # within the token budget, which its unpruned placeholders would have had to fit
+    budget = min(scheduler.max_num_encoder_input_tokens, scheduler.max_num_scheduled_tokens)
     fit = max(1, budget // num_visual)
     assert fit < num_images, f"{num_images} images of {num_visual} tokens all fit a budget of {budget}"
     batches = {}

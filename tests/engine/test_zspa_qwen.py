@@ -48,10 +48,9 @@ IMAGE, VIDEO = 888, 889  # <|image_pad|>, <|video_pad|> (fixture config.json)
 QUESTION = "What is shown in this picture?"
 SYSTEM = "You are a helpful assistant."
 OTHER_QUESTION = "How many red circles are there in the top left corner?"
-# the scheduler's encoder budget is max(max_num_batched_tokens, the largest image) = 2048:
-# three or four 672x672 images unpruned (Qwen2/2.5: 576 tokens each, Qwen3: 441), while
-# twelve of them pruned to 0.1 fit one step's token budget
-ENCODER_BUDGET = 2048
+# the step's token budget: two to four 336x336 images unpruned (Qwen2/2.5: 144 tokens
+# each, Qwen3: 100); vLLM's encoder budget is max(this, the largest image) = 2048
+ENCODER_BUDGET = 400
 CHUNK = 20  # tokens per step of the "chunked" engine: the first image token is prompt token 20
 MEDIA = {"limit_mm_per_prompt": {"image": 2, "video": 1}}
 ENGINES = {
@@ -707,11 +706,11 @@ def test_a_video_keeps_the_identity_its_family_gives_it(engines):
 # --------------------------------------------------------------------------- encoder budget
 def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
     llm = engines.get("many-images")
-    n = visual_tokens(engines.family, 672, 672)
+    n = visual_tokens(engines.family, 336, 336)
     sent = []
 
     def run():
-        images = [fresh(672, 672) for _ in range(12)]
+        images = [fresh(336, 336) for _ in range(12)]
         conversations = [request_messages({"images": [im], "question": QUESTION, "system": SYSTEM}) for im in images]
         outs = llm.chat(conversations, sampling(1), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
         assert [[length for _, length in image_runs(o.prompt_token_ids)] for o in outs] == [[num_kept(n, 0.1)]] * 12

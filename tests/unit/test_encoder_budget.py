@@ -29,10 +29,24 @@ def _feature(identifier: str, embeds: int):
     )
 
 
-def test_an_item_costs_its_unpruned_tokens_at_most_the_whole_budget():
-    assert encoder_budget.encoder_cost(_feature(encoder_budget.tag("h", 576), 58), 2048) == 576
-    assert encoder_budget.encoder_cost(_feature(encoder_budget.tag("h", 5000), 500), 2048) == 2048
-    assert encoder_budget.encoder_cost(_feature("h", 58), 2048) == 58  # stock: its embeds
+def test_an_item_costs_its_unpruned_tokens():
+    assert encoder_budget.encoder_cost(_feature(encoder_budget.tag("h", 576), 58)) == 576
+    assert encoder_budget.encoder_cost(_feature("h", 58)) == 58  # stock: its embeds
+
+
+@pytest.mark.parametrize(
+    "cost, pruned, charged, budget_left, admitted",
+    [
+        (5000, True, 0, 2048, True),  # a step's first item always goes
+        (576, True, 576, 1472, True),  # 2 x 576 within the token budget of 1200
+        (576, True, 1152, 896, False),  # a third would pass 1200 tokens
+        (576, False, 1152, 896, True),  # an unpruned item: vLLM's rule only
+        (576, False, 1600, 448, False),
+        (100, True, 1000, 1048, True),
+    ],
+)
+def test_a_pruned_item_also_keeps_within_the_token_budget(cost, pruned, charged, budget_left, admitted):
+    assert encoder_budget.admits(cost, pruned, charged, budget_left, token_budget=1200) is admitted
 
 
 def _vllm_config(scheduler_cls=None):
