@@ -26,8 +26,9 @@ test-server: env  ## the tests against a real zspa-serve process
 bench-select: env  ## time the selection kernel at real model sizes
 	$(PY) benchmarks/select_bench.py --methods zspa,divprune
 
-bench-serve: env  ## stock vLLM vs zspa-serve vs the ideal on proportional random-weight models, concurrency 1-64 (about 60 min per family on 2 CPUs)
-	$(PY) benchmarks/serve_bench.py --families qwen2.5-vl,llava-1.5 --scale 0.125 --concurrency 1,8,32,64 --requests 16 --repeats 2 --warmup 1
+BENCH_FAMILIES ?= qwen2.5-vl
+bench-serve: env  ## stock vLLM vs zspa-serve vs the ideal on a proportional random-weight model, concurrency 1-64 (about 40 min per family on 2 CPUs; BENCH_FAMILIES=qwen2.5-vl,llava-1.5,llava-next for more)
+	$(PY) benchmarks/serve_bench.py --families $(BENCH_FAMILIES) --scale 0.125 --concurrency 1,8,32,64 --requests 16 --repeats 2 --warmup 1
 
 bench-video: env  ## a video workload: stock vLLM vs zspa-serve vs vLLM's EVS, Qwen2.5-VL (about 20 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --workload video --scale 0 --families qwen2.5-vl --requests 8 --concurrency 4 --repeats 3 --warmup 1

@@ -144,6 +144,8 @@ PHASE_COUNTERS = {
     "prefill_n": r"^vllm:request_prefill_time_seconds_count\{[^}]*\} (\S+)$",
     "decode_s": r"^vllm:request_decode_time_seconds_sum\{[^}]*\} (\S+)$",
     "decode_n": r"^vllm:request_decode_time_seconds_count\{[^}]*\} (\S+)$",
+    "queue_s": r"^vllm:request_queue_time_seconds_sum\{[^}]*\} (\S+)$",
+    "queue_n": r"^vllm:request_queue_time_seconds_count\{[^}]*\} (\S+)$",
 }
 
 
@@ -173,6 +175,7 @@ async def _phases_after(client, before: dict, requests: int) -> dict:
         "selection_ms": mean_ms(grew("selection_s"), requests),
         "prefill_ms": mean_ms(grew("prefill_s"), grew("prefill_n")),
         "decode_ms": mean_ms(grew("decode_s"), grew("decode_n")),
+        "queue_ms": mean_ms(grew("queue_s"), grew("queue_n")),
     }
 
 
@@ -206,7 +209,12 @@ async def _workload(base_url, model, parts, question, knobs, concurrency, max_to
         phases = await _phases_after(client, before, len(parts))
     ttfts = [t for t, _, _ in results]
     gaps = [gap for _, _, request_gaps in results for gap in request_gaps]
+    # before the engine: HTTP, image decoding and preprocessing, IPC (TTFT less vLLM's
+    # queue and prefill times, per-request means)
+    engine_ms = [phases.get(k) for k in ("queue_ms", "prefill_ms")]
+    front_ms = None if None in engine_ms else 1000 * statistics.mean(ttfts) - sum(engine_ms)
     return {
+        "front_ms": front_ms,
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
         "ttft_p95_ms": 1000 * _percentile(ttfts, 0.95),
         "itl_p50_ms": 1000 * _percentile(gaps, 0.5) if gaps else None,
@@ -494,12 +502,13 @@ def markdown_load(rows: list[dict], meta: dict) -> str:
              "Values: median (min-max) over the repeats. Per request: encoder and selection are timed in the "
              "zspa-serve workers (`--phase-timings`; stock vLLM runs the same encoder on the same images, untimed); "
              "prefill and decode are vLLM's `request_prefill_time` (first scheduled to first token: it includes the "
-             "encoder and the selection) and `request_decode_time`; encoder % = encoder / prefill. ITL: gaps between "
+             "encoder and the selection) and `request_decode_time`; encoder % = encoder / prefill; front-end = mean "
+             "TTFT less vLLM's queue and prefill times (HTTP, image decoding and preprocessing, IPC). ITL: gaps between "
              "a request's streamed tokens. The ideal row is stock vLLM given l(0.1) precomputed embedding rows "
              "(no encoder), with the encoder time of the full image (keep_rate=1 row, same run) added to its TTFT; "
              "its throughput is not measured.", ""]
     header = ["family", "conc.", "setting", "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms", "ITL p99 ms", "req/s",
-              "prompt tok", "encoder ms", "selection ms", "prefill ms", "decode ms", "encoder %",
+              "prompt tok", "front-end ms", "encoder ms", "selection ms", "prefill ms", "decode ms", "encoder %",
               "TTFT vs stock", "req/s vs stock", "ITL p99 vs stock", "TTFT vs ideal"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_key = {(r["family"], r["concurrency"], r["setting"]): r for r in rows}
@@ -520,7 +529,7 @@ def markdown_load(rows: list[dict], meta: dict) -> str:
         lines.append("| " + " | ".join([
             r["family"], str(r["concurrency"]), r["setting"], _fmt(r["ttft_p50_ms"]), _fmt(r["ttft_p95_ms"]),
             _fmt(r.get("itl_p50_ms"), 1), _fmt(r.get("itl_p99_ms"), 1), _fmt(r.get("requests_per_s"), 2),
-            _fmt(r.get("prompt_tokens")), _fmt(r.get("encoder_ms")), _fmt(r.get("selection_ms"), 1),
+            _fmt(r.get("prompt_tokens")), _fmt(r.get("front_ms")), _fmt(r.get("encoder_ms")), _fmt(r.get("selection_ms"), 1),
             "-" if r["setting"] == IDEAL else _fmt(r.get("prefill_ms")), _fmt(r.get("decode_ms")), share,
             ratio("ttft_p50_ms", stock), ratio("requests_per_s", stock), ratio("itl_p99_ms", stock),
             ratio("ttft_p50_ms", ideal) if r["knobs"].get("keep_rate") == 0.1 else "-",

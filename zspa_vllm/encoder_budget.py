@@ -97,18 +97,22 @@ class ChargeUnprunedMixin:
 _SCHEDULERS: dict[type, type] = {}
 
 
-def scheduler(*, vllm_config, **kwargs):
-    """The scheduler EngineCore builds (``SchedulerConfig.scheduler_cls`` names this):
-    the class vLLM would pick, charging unpruned tokens. A factory, because vLLM decides
-    async scheduling after the model's config hook has run."""
+def scheduler_class(async_scheduling: bool) -> type:
+    """vLLM's scheduler for that setting (as ``SchedulerConfig.get_scheduler_cls`` picks
+    when no class is named), charging unpruned tokens."""
     from vllm.v1.core.sched.async_scheduler import AsyncScheduler
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    # as SchedulerConfig.get_scheduler_cls picks when no class is named
-    base = AsyncScheduler if vllm_config.scheduler_config.async_scheduling else Scheduler
+    base = AsyncScheduler if async_scheduling else Scheduler
     if base not in _SCHEDULERS:
         _SCHEDULERS[base] = type(f"ZspaCharged{base.__name__}", (ChargeUnprunedMixin, base), {"__module__": __name__})
-    return _SCHEDULERS[base](vllm_config=vllm_config, **kwargs)
+    return _SCHEDULERS[base]
+
+
+def scheduler(*, vllm_config, **kwargs):
+    """The scheduler EngineCore builds (``SchedulerConfig.scheduler_cls`` names this). A
+    factory, because vLLM decides async scheduling after the model's config hook ran."""
+    return scheduler_class(vllm_config.scheduler_config.async_scheduling)(vllm_config=vllm_config, **kwargs)
 
 
 def install(vllm_config) -> None:

@@ -54,6 +54,8 @@ def test_serve_bench_smallest_run(tmp_path):
         assert "encoder_ms" not in stock and "selection_ms" not in stock
         for row in rows.values():  # vLLM's own histograms, and one gap per request (2 tokens)
             assert row["prefill_ms"]["median"] > 0 and row["decode_ms"]["median"] > 0 and row["itl_p99_ms"]["median"] > 0
+            # TTFT less vLLM's queue and prefill times: the front end's (it decodes the image)
+            assert row["front_ms"]["median"] > 0
         # the ideal prefills l(0.1) embedding rows and adds the full image's encoder time
         ideal = rows[settings[-1]]
         assert ideal["prompt_tokens"]["median"] == rows["zspa keep_rate=0.1"]["prompt_tokens"]["median"]

@@ -66,3 +66,13 @@ def test_install_names_the_factory_and_keeps_a_users_scheduler(caplog):
         encoder_budget.install(mine)
     assert mine.scheduler_config.scheduler_cls == "my_pkg.MyScheduler"
     assert "my_pkg.MyScheduler" in caplog.text and "1/keep_rate" in caplog.text
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_the_scheduler_is_vllms_own_for_the_setting_charging_unpruned(async_scheduling):
+    from vllm.config import SchedulerConfig
+
+    stock = SchedulerConfig(max_model_len=64, is_encoder_decoder=False, async_scheduling=async_scheduling)
+    cls = encoder_budget.scheduler_class(async_scheduling)
+    assert cls.__mro__[1:3] == (encoder_budget.ChargeUnprunedMixin, stock.get_scheduler_cls())
+    assert encoder_budget.scheduler_class(async_scheduling) is cls  # one class per setting
