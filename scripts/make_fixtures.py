@@ -12,6 +12,11 @@ One folder per architecture family, each loadable by vLLM 0.32 (CPU) and transfo
   qwen3.5/      Qwen3_5ForConditionalGeneration    (Qwen3-VL's vision side without DeepStack, hybrid
                                                     Gated DeltaNet + full-attention LM, partial M-RoPE)
   qwen3.5-moe/  Qwen3_5MoeForConditionalGeneration (as qwen3.5, MoE LM with 4 experts + shared expert)
+  llava-onevision/ LlavaOnevisionForConditionalGeneration (SigLIP 384/14, anyres_max_9, Qwen2 LM)
+  gemma3/       Gemma3ForConditionalGeneration     (SigLIP 896/14 pooled to 256 tokens, Gemma 3 LM with
+                                                    sliding + full attention, bidirectional image tokens)
+  internvl/     InternVLForConditionalGeneration   (InternViT 448/14, pixel shuffle to 256 tokens per tile,
+                                                    up to 12 tiles + thumbnail, Qwen2 LM; transformers format)
 
 The geometry (image size, patch size, grid pinpoints, merge size, feature layer ...) is
 that of the real checkpoints; only the widths and depths are tiny. Weights are random,
@@ -19,7 +24,7 @@ initialised by the transformers model's own ``__init__`` under a fixed torch see
 written with the tensor names of the real hub checkpoints (llava-hf/llava-1.5-7b-hf,
 llava-hf/llava-v1.6-mistral-7b-hf, Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen2-VL-7B-Instruct,
 Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3-VL-30B-A3B-Instruct, Qwen/Qwen3.5-27B,
-Qwen/Qwen3.5-35B-A3B). These are NOT real models: their
+Qwen/Qwen3.5-35B-A3B, llava-hf/llava-onevision-qwen2-0.5b-ov-hf, google/gemma-3-4b-it, OpenGVLab/InternVL3-1B-hf). These are NOT real models: their
 outputs are meaningless, but they depend on the image and the text.
 
 The tokenizers are byte-level BPE models trained here on the fixed corpus below (so any
@@ -197,6 +202,50 @@ QWEN35_CHAT_TEMPLATE = (
     "{% else %}<think>\n{% endif %}{% endif %}"
 )
 QWEN35_ADDED = ("<think>", "</think>")  # plain added tokens, as in the real tokenizer
+
+# llava-onevision-qwen2-*-ov-hf: ChatML with a space after the role, images and videos
+# first, then "\n" + each text part.
+ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# gemma-3-*-it: a system turn is folded into the first user turn; images are
+# "<start_of_image>" where they stand, text trimmed.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first = (messages[0]['content'] if messages[0]['content'] is string else messages[0]['content'][0]['text']) + '\\n\\n' %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' + (first if loop.first else '') }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<start_of_image>' }}{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+# InternVL3-*-hf: ChatML; an image is "<IMG_CONTEXT>\\n" where it stands.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# The real llava-onevision grid: (384 i, 384 j) for i, j in 1..6.
+ONEVISION_PINPOINTS = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
 
 # Real llava-v1.6 any-resolution grid.
 LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
@@ -509,6 +558,279 @@ def build_llava_next(out: Path) -> dict:
     return _write(
         out, LlavaNextForConditionalGeneration, config, processor, _llava_rename, ids, notes
     )
+
+
+def _qwen2_llm_config(tokenizer, ids):
+    """The plain (1-D RoPE) Qwen2 LLM of the LLaVA-OneVision and InternVL fixtures."""
+    from transformers import Qwen2Config
+
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        use_sliding_window=False,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+        **LLM,
+    )
+    text.architectures = ["Qwen2ForCausalLM"]
+    return text
+
+
+def build_llava_onevision(out: Path) -> dict:
+    from tokenizers import AddedToken
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = make_qwen_tokenizer(ONEVISION_CHAT_TEMPLATE)
+    # as in the real tokenizer: <image> and <video> right after the ChatML specials, special
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in ("<image>", "<video>")], special_tokens=True)
+    ids = _ids(tokenizer, QWEN_ADDED + ["<image>", "<video>"])
+    text = _qwen2_llm_config(tokenizer, ids)
+    vision = SiglipVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=1,  # head_dim 64
+        image_size=384,
+        patch_size=14,
+        vision_use_head=False,
+        layer_norm_eps=1e-6,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=ids["<image>"],
+        video_token_index=ids["<video>"],
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=ONEVISION_PINPOINTS,
+        vision_aspect_ratio="anyres_max_9",
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["LlavaOnevisionForConditionalGeneration"]
+    # SigLIP preprocessing of the real checkpoint (mean = std = 0.5, 384 x 384, bicubic)
+    geometry = dict(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3)
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(image_grid_pinpoints=ONEVISION_PINPOINTS, do_pad=True, **geometry),
+        video_processor=LlavaOnevisionVideoProcessor(**geometry),
+        tokenizer=tokenizer,
+        num_image_tokens=729,
+        vision_feature_select_strategy="full",
+        chat_template=ONEVISION_CHAT_TEMPLATE,
+        vision_aspect_ratio="anyres_max_9",
+    )
+    notes = [
+        "SigLIP 384/14 (hidden 64, 2 layers, no head): 729 features per tile; anyres with the"
+        " real 36 grid pinpoints and 'anyres_max_9' (grid features pooled down to ~9 tiles),"
+        " an image_newline row after every grid row: the count depends on image size.",
+        "LLM: Qwen2, hidden 128, 2 layers, 2 heads x 64, 1 KV head.",
+        "Chat: '<|im_start|>user <image>\\n{text}<|im_end|>' (llava-onevision-qwen2 style).",
+    ]
+    return _write(out, LlavaOnevisionForConditionalGeneration, config, processor, _llava_rename, ids, notes)
+
+
+def build_gemma3(out: Path) -> dict:
+    from tokenizers import AddedToken
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        PreTrainedTokenizerFast,
+        SiglipVisionConfig,
+    )
+
+    tok = _train_bpe(["<pad>", "<eos>", "<bos>", "<unk>"])  # ids 0-3 as in the Gemma tokenizer
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=MAX_POSITIONS,
+        padding_side="left",
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    )
+    # Gemma's vocabulary has runs of newlines as single tokens; vLLM's Gemma 3 processor
+    # merges "\n\n" next to "\n" into them, as the real tokenizer does
+    tokenizer.add_tokens([AddedToken("\n" * k, normalized=False) for k in (1, 2, 3, 4)])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    names = ["<pad>", "<eos>", "<bos>", "<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"]
+    ids = _ids(tokenizer, names)
+    assert [ids[t] for t in names[:3]] == [0, 1, 2]
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=LLM["hidden_size"],
+        intermediate_size=LLM["intermediate_size"],
+        num_hidden_layers=LLM["num_hidden_layers"],
+        num_attention_heads=LLM["num_attention_heads"],
+        num_key_value_heads=LLM["num_key_value_heads"],
+        head_dim=LLM["head_dim"],
+        max_position_embeddings=MAX_POSITIONS,
+        hidden_activation="gelu_pytorch_tanh",
+        rms_norm_eps=1e-6,
+        query_pre_attn_scalar=LLM["head_dim"],
+        # the real pattern is 5 sliding layers to 1 full; 2 layers: one of each
+        sliding_window=1024,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        },
+        bos_token_id=ids["<bos>"],
+        eos_token_id=ids["<eos>"],
+        pad_token_id=ids["<pad>"],
+        tie_word_embeddings=True,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=1,  # head_dim 64
+        image_size=896,
+        patch_size=14,
+        vision_use_head=False,
+        layer_norm_eps=1e-6,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=256,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+    config.architectures = ["Gemma3ForConditionalGeneration"]
+    image_processor = Gemma3ImageProcessor(
+        size={"height": 896, "width": 896},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        resample=2,
+        do_pan_and_scan=False,
+        pan_and_scan_min_crop_size=256,
+        pan_and_scan_max_num_crops=4,
+        pan_and_scan_min_ratio_to_activate=1.2,
+    )
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=256)
+    notes = [
+        "SigLIP 896/14 (hidden 64, 2 layers, no head): 64 x 64 patches average-pooled to 16 x 16 = 256"
+        " soft tokens per image (or per pan-and-scan crop), between '\\n\\n<start_of_image>' and"
+        " '<end_of_image>\\n\\n'.",
+        "LLM: Gemma 3, hidden 128, 2 layers (one sliding-window, one full), 2 heads x 64, 1 KV head;"
+        " image tokens attend bidirectionally.",
+        "Tokenizer: byte-level BPE with Gemma's newline-run tokens and named boi/eoi/image tokens.",
+        "Chat: '<bos><start_of_turn>user\\n<start_of_image>{text}<end_of_turn>' (gemma-3-it style).",
+    ]
+    notes.append(
+        "transformers initialises the projector's mm_input_projection_weight to zeros (images would not"
+        " matter): drawn from N(0, 0.03^2) here instead."
+    )
+
+    def init(model):
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.03)
+
+    return _write(out, Gemma3ForConditionalGeneration, config, processor, _gemma3_rename, ids, notes, init=init)
+
+
+def _gemma3_rename(name: str) -> str:
+    # google/gemma-3-4b-it: language_model.model.*, multi_modal_projector.*,
+    # vision_tower.vision_model.* (the LM head is tied to the embedding)
+    for old, new in (
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+        ("model.vision_tower.", "vision_tower.vision_model."),
+    ):
+        if name.startswith(old):
+            return new + name[len(old) :]
+    raise KeyError(f"unexpected Gemma 3 tensor name {name!r}")
+
+
+def build_internvl(out: Path) -> dict:
+    from tokenizers import AddedToken
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+        InternVLVisionConfig,
+        PreTrainedTokenizerFast,
+    )
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_bpe([]),
+        model_max_length=MAX_POSITIONS,
+        padding_side="right",
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+        extra_special_tokens=named,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]})
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    ids = _ids(tokenizer, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values()])
+    text = _qwen2_llm_config(tokenizer, ids)
+    vision = InternVLVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=1,  # head_dim 64
+        attention_bias=True,
+        image_size=[448, 448],
+        patch_size=[14, 14],
+        norm_type="layer_norm",
+        layer_scale_init_value=0.1,
+        use_mean_pooling=True,
+    )
+    config = InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<IMG_CONTEXT>"],
+        image_seq_length=256,
+        downsample_ratio=0.5,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["InternVLForConditionalGeneration"]
+    # the real preprocessing: 448 tiles (1 to 12, by aspect ratio) + a thumbnail, ImageNet normalisation
+    geometry = dict(size={"height": 448, "width": 448}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], resample=3)
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(crop_to_patches=True, min_patches=1, max_patches=12, **geometry),
+        video_processor=InternVLVideoProcessor(**geometry),
+        tokenizer=tokenizer,
+        image_seq_length=256,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+    notes = [
+        "InternViT 448/14 (hidden 64, 2 layers): 32 x 32 patches per tile, pixel shuffle 0.5 -> 256 tokens per"
+        " tile; 1-12 tiles by aspect ratio plus a thumbnail: '<img>' + 256 x tiles '<IMG_CONTEXT>' + '</img>'.",
+        "LLM: Qwen2, hidden 128, 2 layers, 2 heads x 64, 1 KV head.",
+        "Chat: '<|im_start|>user\\n<IMG_CONTEXT>\\n{text}<|im_end|>' (InternVL3-hf style, no system prompt).",
+        "transformers format (served by vLLM's InternS1ForConditionalGeneration), tensor names as in memory.",
+    ]
+    return _write(out, InternVLForConditionalGeneration, config, processor, _internvl_rename, ids, notes)
+
+
+def _internvl_rename(name: str) -> str:
+    # OpenGVLab/InternVL3-1B-hf: transformers' own layout, which vLLM's mapper maps
+    if name.startswith(("model.language_model.", "model.vision_tower.", "model.multi_modal_projector.", "lm_head.")):
+        return name
+    raise KeyError(f"unexpected InternVL tensor name {name!r}")
 
 
 def _qwen_text_config(tokenizer, ids) -> dict:
@@ -905,7 +1227,7 @@ def build_qwen35_moe(out: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- writing
-def _write(out: Path, model_cls, config, processor, rename, ids, notes: list[str], convert=None) -> dict:
+def _write(out: Path, model_cls, config, processor, rename, ids, notes: list[str], convert=None, init=None) -> dict:
     from transformers import GenerationConfig
 
     if out.exists():
@@ -916,6 +1238,9 @@ def _write(out: Path, model_cls, config, processor, rename, ids, notes: list[str
     torch.manual_seed(SEED)
     with torch.device("cpu"):
         model = model_cls(config).to(torch.float32).eval()
+    if init is not None:  # weights the model's own initialisation leaves at zero
+        with torch.no_grad():
+            init(model)
     shapes = _save_weights(model, out, rename, convert)
     config.save_pretrained(out)
     processor.save_pretrained(out)
@@ -964,6 +1289,9 @@ BUILDERS = {
     "qwen3-vl-moe": build_qwen3vl_moe,
     "qwen3.5": build_qwen35,
     "qwen3.5-moe": build_qwen35_moe,
+    "llava-onevision": build_llava_onevision,
+    "gemma3": build_gemma3,
+    "internvl": build_internvl,
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zspa_vllm import MODEL_OVERRIDES
+from zspa_vllm import MODEL_OVERRIDES, NOT_ONE_RUN
 from zspa_vllm.params import KNOB_NAMES
 
 PLUGIN_NAME = "zspa_server"
@@ -25,6 +25,9 @@ class Support:
 def support_for(architectures: list[str], model: str) -> Support:
     if any(arch in MODEL_OVERRIDES for arch in architectures):
         return Support(True)
+    for arch in architectures:
+        if arch in NOT_ONE_RUN:
+            return Support(False, f"model {model!r} ({arch}) cannot be pruned: {NOT_ONE_RUN[arch]}, not one run per image")
     return Support(
         False,
         f"model {model!r} ({', '.join(architectures) or 'unknown architecture'}) is not one of "

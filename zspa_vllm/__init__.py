@@ -17,6 +17,19 @@ MODEL_OVERRIDES = {
     "Qwen3VLMoeForConditionalGeneration": "zspa_vllm.models.qwen3_vl_moe:ZspaQwen3VLMoeForConditionalGeneration",
     "Qwen3_5ForConditionalGeneration": "zspa_vllm.models.qwen3_5:ZspaQwen3_5ForConditionalGeneration",
     "Qwen3_5MoeForConditionalGeneration": "zspa_vllm.models.qwen3_5_moe:ZspaQwen3_5MoeForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": "zspa_vllm.models.llava_onevision:ZspaLlavaOnevisionForConditionalGeneration",
+    "Gemma3ForConditionalGeneration": "zspa_vllm.models.gemma3:ZspaGemma3ForConditionalGeneration",
+    "InternVLForConditionalGeneration": "zspa_vllm.models.internvl:ZspaInternVLForConditionalGeneration",
+}
+
+# Architectures whose images are NOT one run of embed positions (zspa_vllm.one_run), so
+# that a shorter placeholder run cannot be laid out before the selection: refused with
+# this reason when a request asks to prune them (they are served unpruned otherwise).
+NOT_ONE_RUN = {
+    "PixtralForConditionalGeneration": "its image rows are separated by [IMG_BREAK] tokens (inserted by mistral-common before vLLM sees the prompt)",
+    "Llama4ForConditionalGeneration": "its image tiles are separated by tile x/y separator tokens, then a global view",
+    "Idefics3ForConditionalGeneration": "its image tiles are separate runs, each after its <row_i_col_j> text",
+    "MolmoForCausalLM": "vLLM inserts its image tokens with an <im_col> token ending every row",
 }
 
 _registered = False

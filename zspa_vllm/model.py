@@ -15,6 +15,7 @@ items of a call are encoded in groups whose UNPRUNED token count fits the budget
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -137,7 +138,11 @@ class PruningModelMixin:
         entry (tensor row or list element) per item."""
         if indices == list(range(count)):
             return kwargs
-        if not all(len(value) == count for value in kwargs.values()):
+        def one_per_item(value) -> bool:  # not flat over items' tiles, nor shared (0-d)
+            sized = isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.dim() > 0)
+            return sized and len(value) == count
+
+        if not all(one_per_item(value) for value in kwargs.values()):
             return None
         return {
             key: value[torch.tensor(indices)] if isinstance(value, torch.Tensor) else [value[i] for i in indices]
@@ -173,3 +178,14 @@ class PruningModelMixin:
         """What replaces item ``item`` (of this call) in the prefill: its kept rows.
         M-RoPE families override this to append the kept tokens' grid positions."""
         return visual[kept]
+
+
+class NoEncoderGraphForPrunedMixin:
+    """Mix in before a vLLM model class that captures its vision encoder in a CUDA graph
+    (``get_encoder_cudagraph_config``): a captured graph's outputs go straight to the
+    prefill, skipping ``embed_multimodal`` and so the pruning; pruned modalities run
+    eagerly (the others keep their graphs)."""
+
+    def get_encoder_cudagraph_config(self):
+        config = super().get_encoder_cudagraph_config()
+        return dataclasses.replace(config, modalities=[m for m in config.modalities if m not in MODALITIES])

@@ -68,13 +68,15 @@ class PruningProcessorMixin:
     """Mix in before a vLLM ``BaseMultiModalProcessor`` subclass.
 
     Each family sets ``QUERY_PATTERN`` (a user turn of its chat template, group 1 = its
-    content), ``PRUNED_MODALITIES`` if it prunes more than images, and implements (here
-    or in a mixin of its own, later in the MRO):
+    content), ``PRUNED_MODALITIES`` if it prunes more than images, shortens each pruned
+    item's placeholder run in ``_get_prompt_updates`` (``zspa_vllm.one_run`` does it for
+    any family whose item is one run of embed positions) and implements:
 
-    - ``_zspa_visual_counts(processed, modality) -> list[int]``: the unpruned visual token
-      count of each item in the processed outputs (pixel inputs or precomputed embeddings);
     - ``_zspa_placeholder_id(modality) -> int``: the token its chat template puts once
-      per item.
+      per item;
+    - where vLLM's ``info.get_num_image_tokens(image_width=, image_height=)`` is not the
+      count: ``_zspa_num_image_tokens`` (and ``_zspa_num_video_tokens`` for videos), or
+      ``_zspa_visual_counts`` where the processed outputs say it better.
     """
 
     QUERY_PATTERN: ClassVar[Any] = None
@@ -160,17 +162,16 @@ class PruningProcessorMixin:
         missing = {modality: [not hit for hit in hits] for modality, hits in mm_is_cached.items()}
         return {**kwargs, ZSPA_KWARG: plan.only(missing).encode()}
 
-    def _call_hf_processor(self, hf_data, hf_kwargs):
-        hf_kwargs = {k: v for k, v in hf_kwargs.items() if k != ZSPA_KWARG}
-        return super()._call_hf_processor(hf_data, hf_kwargs)
-
-    def _postprocess_hf_mm_data(self, mm_data, hf_processor_mm_kwargs, processed_data):
-        # runs for pixel inputs and for precomputed embeddings (which skip the HF processor)
-        processed = super()._postprocess_hf_mm_data(mm_data, hf_processor_mm_kwargs, processed_data)
-        plan = read_plan(hf_processor_mm_kwargs)
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        # Every path to the HF processor starts here (some families call it directly, not
+        # through _call_hf_processor): it never sees our kwarg. Runs for pixel inputs and
+        # precomputed embeddings alike, on the items vLLM's processor cache misses.
+        plan = read_plan(hf_kwargs)
+        rest = {k: v for k, v in hf_kwargs.items() if k != ZSPA_KWARG}
+        processed = super()._apply_hf_processor_main(mm_items, rest)
         if plan is not None:
             for modality in plan.modalities:
-                self._zspa_add_fields(plan, processed, modality)
+                self._zspa_add_fields(plan, processed, modality, self._zspa_visual_counts(processed, modality, mm_items, rest))
         return processed
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
@@ -195,7 +196,7 @@ class PruningProcessorMixin:
         raise NotImplementedError(f"{type(self).__name__} does not prune videos")
 
     def _zspa_frame_offsets(self, processed, item: int) -> list[list[int]]:
-        """For families that prune videos and use M-RoPE: the (t, h, w) position offset
+        """For M-RoPE families that prune videos: the (t, h, w) position offset
         of each grid step of video ``item`` from the video's first token."""
         raise NotImplementedError(f"{type(self).__name__} does not prune videos")
 
@@ -203,9 +204,7 @@ class PruningProcessorMixin:
 
     def _zspa_token_counts(self, mm_items, mm_kwargs, modality: str) -> list[int]:
         """Unpruned visual tokens of each item of a prompt, from the image or frame
-        sizes; none for precomputed embeddings. (The per-item model fields count from the
-        HF outputs in _zspa_visual_counts instead: the HF processor only sees the items
-        vLLM's processor cache misses, while the tally needs every item.)"""
+        sizes; none for precomputed embeddings."""
         from vllm.multimodal.parse import ImageProcessorItems, VideoProcessorItems
 
         items = mm_items.get(modality)
@@ -224,8 +223,17 @@ class PruningProcessorMixin:
             return counts
         return []
 
-    def _zspa_add_fields(self, plan: PrunePlan, processed, modality: str) -> None:
-        counts = self._zspa_visual_counts(processed, modality)
+    def _zspa_visual_counts(self, processed, modality: str, mm_items, mm_kwargs) -> list[int]:
+        """The unpruned visual token count of each item the HF processor just processed
+        (``mm_items``): precomputed embeddings by their rows, pixels by their size."""
+        from vllm.multimodal.parse import EmbeddingItems
+
+        items = mm_items.get(modality)
+        if isinstance(items, EmbeddingItems):
+            return [items.get_feature_size(i) for i in range(len(items))]
+        return self._zspa_token_counts(mm_items, mm_kwargs, modality)
+
+    def _zspa_add_fields(self, plan: PrunePlan, processed, modality: str, counts: list[int]) -> None:
         queries = plan.queries[modality]
         if len(counts) != len(queries):
             raise RuntimeError(f"zspa-vllm: {len(counts)} processed {modality} items for a plan of {len(queries)}")
@@ -239,7 +247,7 @@ class PruningProcessorMixin:
         processed[names["method"]] = torch.tensor([method] * len(counts), dtype=torch.long)
         keys = [list(plan.content_key(modality, i)) for i in range(len(counts))]
         processed[names["content_key"]] = torch.tensor(keys, dtype=torch.uint8).reshape(len(counts), 32)
-        if modality == "video":
+        if modality == "video" and self.info.ctx.model_config.uses_mrope:
             offsets = [self._zspa_frame_offsets(processed, i) for i in range(len(counts))]
             processed[names["frame_offsets"]] = [torch.tensor(o, dtype=torch.long).reshape(-1, 3) for o in offsets]
 

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 LLAVA_USER_TURN = re.compile(r"USER:(.*?)ASSISTANT:", re.S)  # llava-1.5 (llava-hf)
 MISTRAL_USER_TURN = re.compile(r"\[INST\](.*?)\[/INST\]", re.S)  # llava-v1.6-mistral
 CHATML_USER_TURN = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S)  # Qwen2.5-VL
+CHATML_SPACE_USER_TURN = re.compile(r"<\|im_start\|>user[ \n](.*?)<\|im_end\|>", re.S)  # llava-onevision
+GEMMA_USER_TURN = re.compile(r"<start_of_turn>user\n(.*?)<end_of_turn>", re.S)  # gemma-3-it
 
 
 def clean_text(text: str, special_tokens: Sequence[str]) -> str:

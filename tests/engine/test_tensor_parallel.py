@@ -33,10 +33,10 @@ REQUESTS = [
     {"images": [(1024, 768, 31)], "question": OTHER_QUESTION, "knobs": {"keep_rate": 0.25}},
     {"images": [(800, 600, 35)], "question": OTHER_QUESTION, "knobs": {"keep_rate": 0.25}},
 ]
-# small enough that the images above evict one another (a fixture image is 0.07-1.2 MB;
-# LLaVA-NeXT's are the largest)
-CACHE_MIB = {"llava-next": "3"}
-VISION_HEADS_KEY = {family: "num_attention_heads" if family.startswith("llava") else "num_heads" for family in FAMILIES}
+# small enough that the images above evict one another (a fixture image is 0.07-2.4 MB;
+# LLaVA-OneVision's are the largest)
+CACHE_MIB = {"llava-next": "3", "llava-onevision": "4", "internvl": "4"}
+VISION_HEADS_KEY = {family: "num_heads" if family.startswith("qwen") else "num_attention_heads" for family in FAMILIES}
 # one worker per CPU, no NUMA binding (this machine has one NUMA node; vLLM's automatic
 # binding wants one node per rank)
 TP_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
@@ -72,10 +72,11 @@ def run(family, model, tp: int, log_dir):
     return outputs, logs, read_stats(stats_dir)
 
 
-# One family per plugin path (two child engines each, the suite's largest cost): Qwen2-VL
+# One family per plugin path (two child engines each, the suite's largest cost; the
+# one-run families each, their encoders and attention differ): Qwen2-VL
 # shares Qwen2.5-VL's path but for class names, and the MoE variants differ from Qwen3-VL
 # and Qwen3.5 only in the LLM, which vLLM shards and the plugin never touches.
-TP_FAMILIES = ["llava-1.5", "llava-next", "qwen2.5-vl", "qwen3-vl", "qwen3.5"]
+TP_FAMILIES = ["llava-1.5", "llava-next", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "llava-onevision", "gemma3", "internvl"]
 
 
 @pytest.mark.parametrize("family", TP_FAMILIES)

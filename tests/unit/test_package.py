@@ -42,6 +42,9 @@ def test_register_is_reentrant_lazy_and_touches_only_our_architectures():
         "Qwen3VLMoeForConditionalGeneration",
         "Qwen3_5ForConditionalGeneration",
         "Qwen3_5MoeForConditionalGeneration",
+        "LlavaOnevisionForConditionalGeneration",
+        "InternVLForConditionalGeneration",
+        "Gemma3ForConditionalGeneration",
     }
     assert imported == []  # nothing of ours is imported until vLLM resolves the model
 

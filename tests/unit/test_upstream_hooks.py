@@ -12,7 +12,7 @@ import pytest
 HOOKS = {
     # processor side (zspa_vllm/processor.py)
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor.apply": "(self, inputs: vllm.multimodal.processing.inputs.ProcessorInputs, timing_ctx: vllm.multimodal.processing.context.TimingContext) -> vllm.inputs.engine.MultiModalInput",
-    "vllm.multimodal.processing.processor:BaseMultiModalProcessor._call_hf_processor": "(self, hf_data: collections.abc.Mapping[str, object], hf_kwargs: collections.abc.Mapping[str, object]) -> object",
+    "vllm.multimodal.processing.processor:BaseMultiModalProcessor._apply_hf_processor_main": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_kwargs: collections.abc.Mapping[str, object]) -> object",
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_mm_fields_config": "(self, hf_inputs: object, hf_processor_mm_kwargs: collections.abc.Mapping[str, object]) -> collections.abc.Mapping[str, vllm.multimodal.inputs.MultiModalFieldConfig]",
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, object], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor.__init__": "(self, info: ~_I, dummy_inputs: 'BaseDummyInputsBuilder[_I]') -> None",
@@ -22,7 +22,7 @@ HOOKS = {
     # per-item identities, cache-missing items, fields for embeddings too (zspa_vllm/processor.py)
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_mm_hashes": "(self, inputs: vllm.multimodal.processing.inputs.ProcessorInputs) -> collections.abc.Mapping[str, list[str]]",
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_cache_missing_processor_kwargs": "(self, inputs: vllm.multimodal.processing.inputs.ProcessorInputs, mm_is_cached: dict[str, list[bool]]) -> collections.abc.Mapping[str, object]",
-    "vllm.multimodal.processing.processor:BaseMultiModalProcessor._postprocess_hf_mm_data": "(self, mm_inputs: collections.abc.Mapping[str, object], hf_processor_mm_kwargs: collections.abc.Mapping[str, object], processed_data: object) -> object",
+    "vllm.multimodal.parse:EmbeddingItems.get_feature_size": "(self, item_idx: int) -> int",
     "vllm.multimodal.hasher:MultiModalHasher.hash_kwargs": "(algorithm: Literal['blake3', 'sha256', 'sha512'], /, **kwargs: object) -> str",
     "vllm.multimodal.inputs:PlaceholderRange.get_num_embeds": "(self) -> int",
     # start-up refusals (zspa_vllm/config_checks.py)
@@ -30,6 +30,8 @@ HOOKS = {
     "vllm.model_executor.models.config:VerifyAndUpdateConfig.verify_and_update_model_config": "(model_config: 'ModelConfig') -> None",
     # the encoder-output cache's rank (zspa_vllm/model.py)
     "vllm.distributed.parallel_state:get_tensor_model_parallel_rank": "() -> int",
+    # one run of embed positions per item (zspa_vllm/one_run.py)
+    "vllm.multimodal.processing.processor:PromptUpdateDetails.select_token_id": "(seq: list[int], embed_token_id: int) -> 'PromptUpdateDetails'",
     # model side (zspa_vllm/model.py, zspa_vllm/models/llava.py)
     "vllm.model_executor.models.llava:LlavaForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> list[torch.Tensor] | torch.Tensor | tuple[torch.Tensor, ...]",
     "vllm.model_executor.models.llava:BaseLlavaMultiModalProcessor._get_prompt_updates": "(self, mm_items: vllm.multimodal.parse.MultiModalDataItems, hf_processor_mm_kwargs: collections.abc.Mapping[str, object], out_mm_kwargs: vllm.multimodal.inputs.MultiModalKwargsItems) -> collections.abc.Sequence[vllm.multimodal.processing.processor.PromptUpdate]",
@@ -88,6 +90,9 @@ FIELDS = {
     # the scheduler reads an item's identity (tagged with its unpruned count) and position
     "vllm.multimodal.inputs:MultiModalFeatureSpec": ["data", "modality", "identifier", "mm_position", "mm_hash"],
     "vllm.multimodal.inputs:PlaceholderRange": ["offset", "length", "is_embed"],
+    # a family's replacement, rebuilt with a shorter run (zspa_vllm/one_run.py)
+    "vllm.multimodal.processing.processor:PromptUpdateDetails": ["full", "is_embed"],
+    "vllm.multimodal.processing.processor:PromptReplacement": ["modality", "target", "replacement"],
 }
 
 
@@ -210,3 +215,17 @@ def test_scheduler_choice_our_factory_mirrors():
     assert "Scheduler = vllm_config.scheduler_config.get_scheduler_cls()" in source
     assert "self.scheduler: SchedulerInterface = Scheduler(\n            vllm_config=vllm_config," in source
     assert "encoder_compute_budget = self.max_num_encoder_input_tokens" in inspect.getsource(Scheduler.schedule)
+
+
+def test_bidirectional_image_blocks_follow_the_placeholder_embed_range():
+    """Gemma 3 (zspa_vllm/models/gemma3.py): vLLM's GPU runners build an image's
+    bidirectional attention block from its placeholder's embed range, so a shortened run
+    is a shortened block; the CPU backend builds none (images attend causally there,
+    stock vLLM included)."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    source = inspect.getsource(GPUModelRunner)
+    assert "img_doc_range = pos_info.extract_embeds_range()" in source
+    assert "pos_info = mm_feature.mm_position" in source
+    assert CPUAttentionBackend.supports_mm_prefix() is False

@@ -4,10 +4,11 @@ What is pruned: the whole flattened any-resolution sequence of one image exactly
 ``LlavaNextForConditionalGeneration.embed_multimodal`` returns it -- the base (336 view)
 tile features, then the unpadded grid features row by row, each row followed by its
 ``image_newline`` row. ``n`` is that length, which is the placeholder count vLLM uses
-(``LlavaNextProcessingInfo.get_num_image_tokens`` of the image size); ``l = num_kept(n,
-keep_rate)``. Newline rows compete like any other token (they are identical vectors, so
-the diversity step keeps at most one of them unless the relevance core wants more). The
-kept rows keep their relative order (base first, then the grid in raster order).
+(``LlavaNextProcessingInfo.get_num_image_tokens`` of the image size), one run of
+``<image>`` tokens (``zspa_vllm.one_run``); ``l = num_kept(n, keep_rate)``. Newline rows
+compete like any other token (they are identical vectors, so the diversity step keeps at
+most one of them unless the relevance core wants more). The kept rows keep their
+relative order (base first, then the grid in raster order).
 
 1-D RoPE: the kept tokens simply take consecutive positions, nothing else changes.
 """
@@ -23,20 +24,12 @@ from vllm.model_executor.models.llava_next import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from zspa_vllm.model import PruningModelMixin
-from zspa_vllm.models.llava import PrunedLlavaPlaceholders
-from zspa_vllm.processor import PruningProcessorMixin
+from zspa_vllm.one_run import OneRunProcessorMixin
 from zspa_vllm.query import MISTRAL_USER_TURN
 
 
-class ZspaLlavaNextMultiModalProcessor(PruningProcessorMixin, PrunedLlavaPlaceholders, LlavaNextMultiModalProcessor):
+class ZspaLlavaNextMultiModalProcessor(OneRunProcessorMixin, LlavaNextMultiModalProcessor):
     QUERY_PATTERN = MISTRAL_USER_TURN  # llava-v1.6-mistral: "[INST] <image>\n{question} [/INST]"
-
-    def _zspa_pixel_counts(self, processed):
-        # image_sizes: (height, width) of each original image, as the HF processor saw it
-        return [
-            int(self.info.get_num_image_tokens(image_width=int(w), image_height=int(h)))
-            for h, w in processed["image_sizes"].tolist()
-        ]
 
 
 @MULTIMODAL_REGISTRY.register_processor(

@@ -14,12 +14,10 @@ positions: ``zspa_vllm.mrope``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from vllm.multimodal.processing import PromptReplacement
 
-from zspa_vllm.model import PruningModelMixin
+from zspa_vllm.model import NoEncoderGraphForPrunedMixin, PruningModelMixin
 from zspa_vllm.mrope import PrunedMropeMixin
 from zspa_vllm.processor import MODALITIES, ZSPA_KWARG, PruningProcessorMixin
 from zspa_vllm.query import CHATML_USER_TURN
@@ -31,7 +29,7 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
     QUERY_PATTERN = CHATML_USER_TURN  # "<|im_start|>user\n{content}<|im_end|>"
     PRUNED_MODALITIES = MODALITIES  # images and videos (a video: one budget over all its frames)
 
-    def _zspa_visual_counts(self, processed, modality):
+    def _zspa_visual_counts(self, processed, modality, mm_items, mm_kwargs):
         grid = processed.get(f"{modality}_grid_thw")  # pixel inputs and precomputed embeddings
         if grid is None:  # no items of this modality in this call
             return []
@@ -91,7 +89,7 @@ class QwenPruningProcessorMixin(PruningProcessorMixin):
         return full[:1] * self._zspa_placeholder_count(len(full), hf_processor_mm_kwargs)
 
 
-class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
+class QwenPruningModelMixin(PrunedMropeMixin, NoEncoderGraphForPrunedMixin, PruningModelMixin):
     """Mix in before a vLLM Qwen-VL model class."""
 
     _PIXELS = {"image": "pixel_values", "video": "pixel_values_videos"}
@@ -113,11 +111,6 @@ class QwenPruningModelMixin(PrunedMropeMixin, PruningModelMixin):
             value = kwargs[key]
             selected[key] = value[indices] if isinstance(value, torch.Tensor) else [value[i] for i in indices]
         return selected
-
-    def get_encoder_cudagraph_config(self):
-        # a captured encoder graph would skip embed_multimodal, and so the pruning
-        config = super().get_encoder_cudagraph_config()
-        return dataclasses.replace(config, modalities=[m for m in config.modalities if m not in MODALITIES])
 
 
 class Qwen3PruningModelMixin(QwenPruningModelMixin):

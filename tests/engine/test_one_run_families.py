@@ -1,0 +1,363 @@
+"""The families pruned through zspa_vllm.one_run (one run of embed positions per item),
+on a real vLLM engine with their tiny random-weight fixtures: the battery LLaVA-NeXT
+passes, written once for all of them.
+
+Per family: one plugin engine (prefix caching on, unchunked) serves the module's tests,
+one more (chunked prefill of 64 tokens, prefix caching off) answers the same two
+questions; stock vLLM's answers come from a child process (stock_reference). What a
+family adds is a ``Spec``: its placeholder token, how vLLM's own (parent-class) encoder
+and transformers' encoder are called on the HF image processor's outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from tests.engine import harness
+from tests.engine.harness import fixture_path, logprobs_max_diff, model_class_of, step_logprobs, visual_tokens, vllm_class_of
+from tests.engine.stock_reference import output_record, stock_outputs
+from tests.fixtures.images import make_image
+from zspa_vllm import observe
+from zspa_vllm.prune import num_kept, select_tokens
+
+pytestmark = pytest.mark.engine
+
+QUESTION = "What is shown in this picture?"
+OTHER_QUESTION = "How many red circles are there in the top left corner?"
+ATOL = 1e-5  # the same request on another schedule or cache (float32)
+HF_ATOL = 1e-4  # vLLM vs transformers (float32)
+DIFF_MIN = 1e-3  # a real input change moves some logprob by more than this
+_seeds = iter(range(500, 10_000))
+
+
+def fresh(width: int, height: int) -> tuple[int, int, int]:
+    """An image never sent before (an identical one is served from vLLM's caches)."""
+    return (width, height, next(_seeds))
+
+
+@dataclass(frozen=True)
+class Spec:
+    architecture: str
+    embed_token: str  # the token of an item's run of embed positions
+    sizes: tuple[tuple[int, int], tuple[int, int]]  # two sizes (with different n where n depends on size)
+    # vLLM's unpruned rows of one image: (vLLM model, HF image-processor outputs) -> (n, d)
+    vllm_rows: Callable
+    # transformers' unpruned rows of one image: (HF model, HF image-processor outputs) -> (n, d)
+    hf_rows: Callable
+    hf_forward: Callable = field(default=lambda image_mask: {})  # extra kwargs of the HF forward
+    bidirectional: bool = False  # image tokens attend to each other both ways
+
+
+def _gemma3_vllm_rows(model, inputs):
+    return vllm_class_of(model).embed_multimodal(model, pixel_values=inputs["pixel_values"], num_patches=torch.tensor([1]))[0]
+
+
+def _gemma3_hf_rows(model, inputs):
+    return model.model.get_image_features(inputs["pixel_values"]).pooler_output[0]
+
+
+def _gemma3_hf_forward(image_mask):
+    # transformers builds the bidirectional image blocks from token_type_ids (1 = image)
+    return {"token_type_ids": image_mask.long()[None]}
+
+
+def _onevision_vllm_rows(model, inputs):
+    return vllm_class_of(model).embed_multimodal(
+        model, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]
+    )[0]
+
+
+def _onevision_hf_rows(model, inputs):
+    config = model.config
+    return model.model.get_image_features(
+        pixel_values=inputs["pixel_values"],
+        image_sizes=inputs["image_sizes"],
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_aspect_ratio=config.vision_aspect_ratio,
+    ).pooler_output[0]
+
+
+def _internvl_vllm_rows(model, inputs):
+    image_token_id = torch.tensor(model.config.image_token_id)
+    return vllm_class_of(model).embed_multimodal(
+        model, pixel_values=inputs["pixel_values"], image_num_patches=inputs["num_patches"], image_token_id=image_token_id
+    )[0]
+
+
+def _internvl_hf_rows(model, inputs):
+    config = model.config
+    tiles = model.model.get_image_features(
+        pixel_values=inputs["pixel_values"],
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    ).pooler_output
+    return tiles.reshape(-1, tiles.shape[-1])  # the tiles in order, thumbnail last
+
+
+SPECS = {
+    "llava-onevision": Spec(
+        "LlavaOnevisionForConditionalGeneration", "<image>", ((384, 384), (1024, 768)), _onevision_vllm_rows, _onevision_hf_rows
+    ),
+    "gemma3": Spec(
+        "Gemma3ForConditionalGeneration",
+        "<image_soft_token>",
+        ((384, 384), (1024, 768)),
+        _gemma3_vllm_rows,
+        _gemma3_hf_rows,
+        _gemma3_hf_forward,
+        bidirectional=True,
+    ),
+    "internvl": Spec(
+        "InternVLForConditionalGeneration", "<IMG_CONTEXT>", ((384, 384), (1024, 768)), _internvl_vllm_rows, _internvl_hf_rows
+    ),
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", params=list(SPECS))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def engine(family, zspa_engines):
+    llm, _ = zspa_engines(family, enable_prefix_caching=True)
+    cls = model_class_of(llm)
+    assert cls.__module__.startswith("zspa_vllm.models.")
+    assert cls.__name__ == "Zspa" + SPECS[family].architecture
+    return llm
+
+
+@pytest.fixture(scope="module")
+def image_token(family) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(fixture_path(family))
+    return tokenizer.convert_tokens_to_ids(SPECS[family].embed_token)
+
+
+@pytest.fixture(scope="module")
+def hf(family):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = fixture_path(family)
+    return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(path)
+
+
+def ask(llm, images, question=QUESTION, max_tokens=3, **knobs):
+    return harness.ask(llm, images, question, max_tokens, **knobs)
+
+
+def runs(prompt_ids, token: int) -> list[int]:
+    """Lengths of the runs of ``token`` in a prompt, in order."""
+    out, prev = [], None
+    for t in prompt_ids:
+        if t == token and prev == token:
+            out[-1] += 1
+        elif t == token:
+            out.append(1)
+        prev = t
+    return out
+
+
+def image_inputs(processor, image):
+    return processor.image_processor(images=[image], return_tensors="pt")
+
+
+# --------------------------------------------------------------------------- (a) keep all = stock
+def test_keep_all_is_stock_vllm(family, engine, image_token):
+    small, large = SPECS[family].sizes
+    requests = [
+        {"images": [(*small, 1)], "question": QUESTION, "max_tokens": 3},
+        {"images": [(*small, 2), (*large, 3)], "question": QUESTION, "max_tokens": 3},
+        {"images": [(*small, 4)], "question": QUESTION, "max_tokens": 3},  # sensitivity: other pixels
+    ]
+    stock = stock_outputs(family, requests)
+    for knobs in ({"keep_rate": 1.0}, {"keep_rate": 0.1, "prune_method": "none"}):
+        for i, request in enumerate(requests[:2]):
+            out = ask(engine, request["images"], **knobs)
+            assert not observe.RECENT  # the selection never ran
+            ours = output_record(out)
+            assert ours["prompt_token_ids"] == stock[i]["prompt_token_ids"]
+            assert out.prompt_token_ids.count(image_token) == sum(visual_tokens(family, w, h) for w, h, _ in request["images"])
+            assert ours["token_ids"] == stock[i]["token_ids"]
+            worst = max(abs(a[t] - b[t]) for a, b in zip(ours["logprobs"], stock[i]["logprobs"]) for t in a)
+            print(f"[{family}] {knobs} request {i}: max |dlogprob| vs stock {worst:.1e}")
+            assert worst <= ATOL
+    # sensitive: stock on other pixels is far from ours
+    ours = output_record(ask(engine, requests[0]["images"], keep_rate=1.0))
+    assert ours["prompt_token_ids"] == stock[2]["prompt_token_ids"]
+    assert max(abs(ours["logprobs"][0][t] - stock[2]["logprobs"][0][t]) for t in ours["logprobs"][0]) > DIFF_MIN
+
+
+# --------------------------------------------------------------------------- (b) budgets
+@pytest.mark.parametrize("keep_rate", [0.1, 0.25])
+def test_prompt_shrinks_by_n_minus_l(family, engine, image_token, keep_rate):
+    for width, height in SPECS[family].sizes:
+        image = fresh(width, height)
+        full = ask(engine, [image], max_tokens=1)
+        out = ask(engine, [image], max_tokens=1, keep_rate=keep_rate)
+        n = visual_tokens(family, width, height)  # independent formula (harness)
+        l = num_kept(n, keep_rate)
+        assert runs(full.prompt_token_ids, image_token) == [n]
+        assert runs(out.prompt_token_ids, image_token) == [l]
+        assert len(full.prompt_token_ids) - len(out.prompt_token_ids) == n - l
+        # every other token (wrappers, separators, text) is where it was
+        assert [t for t in out.prompt_token_ids if t != image_token] == [t for t in full.prompt_token_ids if t != image_token]
+        assert [(s.num_visual, len(s.kept)) for s in observe.RECENT] == [(n, l)]
+        print(f"[{family}] {width}x{height} keep_rate={keep_rate}: n={n} l={l}")
+
+
+def test_two_images_get_their_own_budgets(family, engine, image_token):
+    images = [fresh(*size) for size in SPECS[family].sizes]
+    ns = [visual_tokens(family, w, h) for w, h, _ in images]
+    full = ask(engine, images, max_tokens=1)
+    out = ask(engine, images, max_tokens=1, keep_rate=0.1)
+    ls = [num_kept(n, 0.1) for n in ns]
+    # (a template may put two images back to back: one run of both)
+    assert full.prompt_token_ids.count(image_token) == sum(ns)
+    assert out.prompt_token_ids.count(image_token) == sum(ls)
+    assert len(full.prompt_token_ids) - len(out.prompt_token_ids) == sum(ns) - sum(ls)
+    assert [(s.num_visual, len(s.kept)) for s in observe.RECENT] == list(zip(ns, ls))
+
+
+# --------------------------------------------------------------------------- (c) selection
+@pytest.mark.parametrize(
+    "knobs, core_ratio",
+    [({"keep_rate": 0.25}, 0.2), ({"keep_rate": 0.1, "core_ratio": 0.5}, 0.5), ({"keep_rate": 0.25, "prune_method": "divprune"}, 0.0)],
+    ids=["zspa", "zspa-core.5", "divprune"],
+)
+def test_kept_indices_equal_select_tokens(family, engine, hf, knobs, core_ratio):
+    _, processor = hf
+    method = knobs.get("prune_method", "zspa")
+    image = fresh(*SPECS[family].sizes[1])
+    ask(engine, [image], max_tokens=1, **knobs)
+    (selection,) = observe.RECENT
+    query_ids = processor.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
+    assert selection.query_ids == tuple(query_ids)
+    inputs = image_inputs(processor, make_image(*image))
+
+    def reference(model):
+        with torch.inference_mode():
+            rows = SPECS[family].vllm_rows(model, inputs).clone()
+            query = model.get_language_model().embed_input_ids(torch.tensor(query_ids)).clone()
+        return rows, query
+
+    rows, query = engine.apply_model(reference)[0]
+    assert rows.shape[0] == selection.num_visual == visual_tokens(family, *image[:2])
+    expected = select_tokens(rows, query, len(selection.kept), core_ratio, method=method)
+    assert list(selection.kept) == expected.tolist()
+    if method != "divprune":  # sensitive: without the question the selection differs
+        assert list(selection.kept) != select_tokens(rows, None, len(selection.kept), core_ratio, method=method).tolist()
+
+
+# --------------------------------------------------------------------------- (d) vs transformers
+def test_pruned_logprobs_equal_transformers_fed_the_kept_rows(family, engine, hf, image_token):
+    model, processor = hf
+    spec = SPECS[family]
+    images = [fresh(*size) for size in spec.sizes]
+    out = ask(engine, images, max_tokens=1, keep_rate=0.25)
+    kept = [list(s.kept) for s in observe.RECENT]
+    ids = torch.tensor(out.prompt_token_ids)
+    mask = ids == image_token
+    with torch.no_grad():
+        rows = [spec.hf_rows(model, image_inputs(processor, make_image(*image))) for image in images]
+        assert [r.shape[0] for r in rows] == [visual_tokens(family, w, h) for w, h, _ in images]
+
+        def logprobs(chosen, forward=spec.hf_forward(mask)):
+            embeds = model.get_input_embeddings()(ids)
+            embeds[mask] = torch.cat([r[k] for r, k in zip(rows, chosen)]).to(embeds.dtype)
+            logits = model(inputs_embeds=embeds[None], **forward).logits[0, -1]
+            return torch.log_softmax(logits.float(), dim=-1)
+
+        def diff(reference):
+            return max(abs(float(reference[t]) - lp) for t, lp in step_logprobs(out, 0).items())
+
+        # vLLM's CPU attention has no bidirectional image blocks (stock included, see
+        # test_bidirectional_block_is_the_shortened_run): compare with the same mask
+        worst = diff(logprobs(kept, forward={}))
+        # sensitive: the first l rows instead of the kept ones are far off
+        other = diff(logprobs([list(range(len(k))) for k in kept], forward={}))
+        # ... and so is transformers' bidirectional mask over the shortened runs
+        both_ways = diff(logprobs(kept)) if spec.bidirectional else None
+    print(f"[{family}] pruned vLLM vs transformers on the kept rows: {worst:.1e} (first rows: {other:.1e}, both ways: {both_ways})")
+    assert worst <= HF_ATOL
+    assert other > DIFF_MIN
+    if spec.bidirectional:
+        assert both_ways > DIFF_MIN
+
+
+def test_bidirectional_block_is_the_shortened_run(family, engine, image_token):
+    """vLLM's GPU runners build each image's bidirectional block from its placeholder's
+    embed range (gpu_model_runner: extract_embeds_range; pinned in test_upstream_hooks);
+    the CPU backend has none (supports_mm_prefix is False), so here: the ranges the
+    scheduler holds are exactly each image's shortened run."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    assert engine.llm_engine.vllm_config.model_config.is_mm_prefix_lm == SPECS[family].bidirectional
+    if not SPECS[family].bidirectional:
+        return  # causal image tokens everywhere: no block to follow
+    assert not CPUAttentionBackend.supports_mm_prefix()
+    scheduler = harness.scheduler_of(engine)
+    seen = []
+    add = scheduler.add_request
+    scheduler.add_request = lambda request: (seen.append([f.mm_position for f in request.mm_features]), add(request))[1]
+    try:
+        images = [fresh(*size) for size in SPECS[family].sizes]
+        out = ask(engine, images, max_tokens=1, keep_rate=0.25)
+    finally:
+        del scheduler.add_request
+    ids = out.prompt_token_ids
+    starts = [i for i, t in enumerate(ids) if t == image_token and (i == 0 or ids[i - 1] != image_token)]
+    ls = [num_kept(visual_tokens(family, w, h), 0.25) for w, h, _ in images]
+    (positions,) = seen
+    assert [p.extract_embeds_range() for p in positions] == [[(s, s + l - 1)] for s, l in zip(starts, ls)]
+    assert all(p.length > l for p, l in zip(positions, ls))  # the wrappers are in the placeholder, not the block
+
+
+# --------------------------------------------------------------------------- (e) caches, chunks
+# Must come after every test using `engine`: it starts a second engine (freeing the first).
+def test_chunked_and_uncached_answer_what_cached_unchunked_does(family, engine, zspa_engines, image_token):
+    image = fresh(*SPECS[family].sizes[1])
+    knobs = {"keep_rate": 0.25}
+    cached = []
+    for question in (QUESTION, OTHER_QUESTION):
+        out = ask(engine, [image], question, **knobs)
+        cached.append((out, list(observe.RECENT)))
+    (a, (sel_a,)), (b, (sel_b,)) = cached
+    assert sel_a.kept != sel_b.kept  # the question steers the selection
+    # the runs have one length and place: only the item identity (with its query) keeps
+    # the second question off the first one's cached image blocks
+    assert runs(a.prompt_token_ids, image_token) == runs(b.prompt_token_ids, image_token)
+    first_image = a.prompt_token_ids.index(image_token)
+    assert (b.num_cached_tokens or 0) <= first_image
+    assert logprobs_max_diff(a, b) > DIFF_MIN
+
+    llm, _ = zspa_engines(family, enable_prefix_caching=False, enable_chunked_prefill=True, max_num_batched_tokens=32)
+    for question, (out, selections) in zip((QUESTION, OTHER_QUESTION), cached):
+        other = ask(llm, [image], question, **knobs)
+        assert len(other.prompt_token_ids) > 32 * 2  # really chunked
+        assert list(observe.RECENT) == selections
+        assert other.prompt_token_ids == out.prompt_token_ids
+        assert other.outputs[0].token_ids == out.outputs[0].token_ids
+        assert logprobs_max_diff(other, out, steps=3) <= 1e-4
+
+
+# --------------------------------------------------------------------------- (f) not one run
+def test_gemma3_pan_and_scan_is_refused_when_pruning_and_served_when_not(zspa_engines):
+    """Pan-and-scan makes an image several runs (the original, then each crop with text
+    between): pruning it is refused with a message naming it, keep_rate 1 serves it."""
+    llm, _ = zspa_engines("gemma3")
+    wide = [(1600, 400, 1)]  # aspect ratio 4: crops
+    full = ask(llm, wide, max_tokens=1, keep_rate=1.0, do_pan_and_scan=True)
+    token = llm.llm_engine.model_config.hf_config.image_token_index
+    runs_of_soft_tokens = runs(full.prompt_token_ids, token)
+    assert len(runs_of_soft_tokens) > 1 and set(runs_of_soft_tokens) == {256}
+    with pytest.raises(ValueError, match=r"cannot prune Gemma3MultiModalProcessor's image items with pan-and-scan crops .*\(\d+ runs"):
+        ask(llm, wide, max_tokens=1, keep_rate=0.25, do_pan_and_scan=True)
+    assert runs(ask(llm, wide, max_tokens=1, keep_rate=0.25).prompt_token_ids, token) == [64]  # without: pruned
