@@ -138,6 +138,7 @@ class PruningModelMixin:
         entry (tensor row or list element) per item."""
         if indices == list(range(count)):
             return kwargs
+
         def one_per_item(value) -> bool:  # not flat over items' tiles, nor shared (0-d)
             sized = isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.dim() > 0)
             return sized and len(value) == count

@@ -98,3 +98,13 @@ class OneRunProcessorMixin(PruningProcessorMixin):
             return shrink_run(full, lambda n: plan.budget(n)[0], what)
 
         return dataclasses.replace(update, replacement=replacement)
+
+
+class CountWithHfProcessorMixin:
+    """Mix in first (before ``OneRunProcessorMixin``) for families whose vLLM
+    ``info.get_num_image_tokens`` also takes the HF processor and the request's processor
+    kwargs (Gemma 3: pan-and-scan crops; InternVL: tiles)."""
+
+    def _zspa_num_image_tokens(self, width, height, mm_kwargs):
+        processor = self.info.get_hf_processor(**mm_kwargs)
+        return int(self.info.get_num_image_tokens(image_width=width, image_height=height, processor=processor, mm_kwargs=mm_kwargs))

@@ -196,7 +196,7 @@ class PruningProcessorMixin:
         raise NotImplementedError(f"{type(self).__name__} does not prune videos")
 
     def _zspa_frame_offsets(self, processed, item: int) -> list[list[int]]:
-        """For M-RoPE families that prune videos: the (t, h, w) position offset
+        """For families that prune videos and use M-RoPE: the (t, h, w) position offset
         of each grid step of video ``item`` from the video's first token."""
         raise NotImplementedError(f"{type(self).__name__} does not prune videos")
 
@@ -247,7 +247,7 @@ class PruningProcessorMixin:
         processed[names["method"]] = torch.tensor([method] * len(counts), dtype=torch.long)
         keys = [list(plan.content_key(modality, i)) for i in range(len(counts))]
         processed[names["content_key"]] = torch.tensor(keys, dtype=torch.uint8).reshape(len(counts), 32)
-        if modality == "video" and self.info.ctx.model_config.uses_mrope:
+        if modality == "video":
             offsets = [self._zspa_frame_offsets(processed, i) for i in range(len(counts))]
             processed[names["frame_offsets"]] = [torch.tensor(o, dtype=torch.long).reshape(-1, 3) for o in offsets]
 

@@ -431,6 +431,27 @@ def visual_tokens(family: str, width: int, height: int) -> int:
 
 
 # --------------------------------------------------------------------------- vision tower
+def unpruned_rows(model, family: str, inputs):
+    """vLLM's own (parent-class) vision encoder + projector of a 1-D RoPE family on the HF
+    image processor's outputs for ONE image: its (n, d) rows, as the plugin sees them."""
+    import torch
+
+    parent = vllm_class_of(model)
+    if family in ("llava-next", "llava-onevision"):
+        out = parent.embed_multimodal(model, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+    elif family == "internvl":
+        image_token_id = torch.tensor(model.config.image_token_id)
+        out = parent.embed_multimodal(
+            model, pixel_values=inputs["pixel_values"], image_num_patches=inputs["num_patches"], image_token_id=image_token_id
+        )
+    elif family == "gemma3":
+        out = parent.embed_multimodal(model, pixel_values=inputs["pixel_values"], num_patches=torch.tensor([1]))
+    else:  # LLaVA-1.5
+        out = parent.embed_multimodal(model, pixel_values=inputs["pixel_values"])
+    return out[0]
+
+
+
 VISION_TOWER = {**{family: "vision_tower" for family in ("llava-1.5", "llava-next", "llava-onevision", "internvl", "gemma3")}, **{family: "visual" for family in QWEN_FAMILIES}}
 
 

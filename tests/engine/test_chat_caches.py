@@ -294,19 +294,8 @@ def embeddings_of(llm, family, image):
                 out = parent.embed_multimodal(
                     model, pixel_values=inputs["pixel_values"].to(torch.uint8), image_grid_thw=inputs["image_grid_thw"]
                 )
-            elif family in ("llava-next", "llava-onevision"):
-                out = parent.embed_multimodal(model, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
-            elif family == "internvl":
-                out = parent.embed_multimodal(
-                    model,
-                    pixel_values=inputs["pixel_values"],
-                    image_num_patches=inputs["num_patches"],
-                    image_token_id=torch.tensor(model.config.image_token_id),
-                )
-            elif family == "gemma3":
-                out = parent.embed_multimodal(model, pixel_values=inputs["pixel_values"], num_patches=torch.tensor([1]))
             else:
-                out = parent.embed_multimodal(model, pixel_values=inputs["pixel_values"])
+                out = [harness.unpruned_rows(model, family, inputs)]
         return out[0].clone()
 
     visual = llm.apply_model(encode)[0]

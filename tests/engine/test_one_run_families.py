@@ -5,8 +5,8 @@ passes, written once for all of them.
 Per family: one plugin engine (prefix caching on, unchunked) serves the module's tests,
 one more (chunked prefill of 64 tokens, prefix caching off) answers the same two
 questions; stock vLLM's answers come from a child process (stock_reference). What a
-family adds is a ``Spec``: its placeholder token, how vLLM's own (parent-class) encoder
-and transformers' encoder are called on the HF image processor's outputs.
+family adds is its ``harness.FAMILIES`` entry and a ``Spec``: how transformers' encoder
+is called on the HF image processor's outputs (vLLM's: ``harness.unpruned_rows``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.engine import harness
-from tests.engine.harness import fixture_path, logprobs_max_diff, model_class_of, step_logprobs, visual_tokens, vllm_class_of
+from tests.engine.harness import fixture_path, logprobs_max_diff, model_class_of, step_logprobs, visual_tokens
 from tests.engine.stock_reference import output_record, stock_outputs
 from tests.fixtures.images import make_image
 from zspa_vllm import observe
@@ -41,19 +41,11 @@ def fresh(width: int, height: int) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class Spec:
-    architecture: str
-    embed_token: str  # the token of an item's run of embed positions
     sizes: tuple[tuple[int, int], tuple[int, int]]  # two sizes (with different n where n depends on size)
-    # vLLM's unpruned rows of one image: (vLLM model, HF image-processor outputs) -> (n, d)
-    vllm_rows: Callable
     # transformers' unpruned rows of one image: (HF model, HF image-processor outputs) -> (n, d)
     hf_rows: Callable
     hf_forward: Callable = field(default=lambda image_mask: {})  # extra kwargs of the HF forward
     bidirectional: bool = False  # image tokens attend to each other both ways
-
-
-def _gemma3_vllm_rows(model, inputs):
-    return vllm_class_of(model).embed_multimodal(model, pixel_values=inputs["pixel_values"], num_patches=torch.tensor([1]))[0]
 
 
 def _gemma3_hf_rows(model, inputs):
@@ -63,12 +55,6 @@ def _gemma3_hf_rows(model, inputs):
 def _gemma3_hf_forward(image_mask):
     # transformers builds the bidirectional image blocks from token_type_ids (1 = image)
     return {"token_type_ids": image_mask.long()[None]}
-
-
-def _onevision_vllm_rows(model, inputs):
-    return vllm_class_of(model).embed_multimodal(
-        model, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]
-    )[0]
 
 
 def _onevision_hf_rows(model, inputs):
@@ -82,13 +68,6 @@ def _onevision_hf_rows(model, inputs):
     ).pooler_output[0]
 
 
-def _internvl_vllm_rows(model, inputs):
-    image_token_id = torch.tensor(model.config.image_token_id)
-    return vllm_class_of(model).embed_multimodal(
-        model, pixel_values=inputs["pixel_values"], image_num_patches=inputs["num_patches"], image_token_id=image_token_id
-    )[0]
-
-
 def _internvl_hf_rows(model, inputs):
     config = model.config
     tiles = model.model.get_image_features(
@@ -100,21 +79,9 @@ def _internvl_hf_rows(model, inputs):
 
 
 SPECS = {
-    "llava-onevision": Spec(
-        "LlavaOnevisionForConditionalGeneration", "<image>", ((384, 384), (1024, 768)), _onevision_vllm_rows, _onevision_hf_rows
-    ),
-    "gemma3": Spec(
-        "Gemma3ForConditionalGeneration",
-        "<image_soft_token>",
-        ((384, 384), (1024, 768)),
-        _gemma3_vllm_rows,
-        _gemma3_hf_rows,
-        _gemma3_hf_forward,
-        bidirectional=True,
-    ),
-    "internvl": Spec(
-        "InternVLForConditionalGeneration", "<IMG_CONTEXT>", ((384, 384), (1024, 768)), _internvl_vllm_rows, _internvl_hf_rows
-    ),
+    "llava-onevision": Spec(((384, 384), (1024, 768)), _onevision_hf_rows),
+    "gemma3": Spec(((384, 384), (1024, 768)), _gemma3_hf_rows, _gemma3_hf_forward, bidirectional=True),
+    "internvl": Spec(((384, 384), (1024, 768)), _internvl_hf_rows),
 }
 
 
@@ -129,7 +96,7 @@ def engine(family, zspa_engines):
     llm, _ = zspa_engines(family, enable_prefix_caching=True)
     cls = model_class_of(llm)
     assert cls.__module__.startswith("zspa_vllm.models.")
-    assert cls.__name__ == "Zspa" + SPECS[family].architecture
+    assert cls.__name__ == "Zspa" + harness.FAMILIES[family].architecture
     return llm
 
 
@@ -138,7 +105,7 @@ def image_token(family) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(fixture_path(family))
-    return tokenizer.convert_tokens_to_ids(SPECS[family].embed_token)
+    return tokenizer.convert_tokens_to_ids(harness.FAMILIES[family].image_token)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +211,7 @@ def test_kept_indices_equal_select_tokens(family, engine, hf, knobs, core_ratio)
 
     def reference(model):
         with torch.inference_mode():
-            rows = SPECS[family].vllm_rows(model, inputs).clone()
+            rows = harness.unpruned_rows(model, family, inputs).clone()
             query = model.get_language_model().embed_input_ids(torch.tensor(query_ids)).clone()
         return rows, query
 

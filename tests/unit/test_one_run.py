@@ -113,3 +113,14 @@ def test_encoder_graphs_are_kept_only_for_modalities_that_are_not_pruned():
     for cls in (ZspaGemma3ForConditionalGeneration, ZspaQwen2_5_VLForConditionalGeneration):
         assert issubclass(cls, NoEncoderGraphForPrunedMixin)
     assert "get_encoder_cudagraph_config" in vars(Gemma3ForConditionalGeneration)
+
+
+def test_families_that_count_with_the_hf_processor_use_the_shared_count():
+    """The mixin must come before OneRunProcessorMixin, whose base has the default count."""
+    from zspa_vllm.models.gemma3 import ZspaGemma3MultiModalProcessor
+    from zspa_vllm.models.internvl import ZspaInternVLMultiModalProcessor
+    from zspa_vllm.one_run import CountWithHfProcessorMixin
+
+    for cls in (ZspaGemma3MultiModalProcessor, ZspaInternVLMultiModalProcessor):
+        owner = next(c for c in cls.__mro__ if "_zspa_num_image_tokens" in vars(c))
+        assert owner is CountWithHfProcessorMixin, cls

@@ -23,20 +23,16 @@ from vllm.model_executor.models.gemma3_mm import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from zspa_vllm.model import NoEncoderGraphForPrunedMixin, PruningModelMixin
-from zspa_vllm.one_run import OneRunProcessorMixin
+from zspa_vllm.one_run import CountWithHfProcessorMixin, OneRunProcessorMixin
 from zspa_vllm.query import GEMMA_USER_TURN
 
 
-class ZspaGemma3MultiModalProcessor(OneRunProcessorMixin, Gemma3MultiModalProcessor):
+class ZspaGemma3MultiModalProcessor(CountWithHfProcessorMixin, OneRunProcessorMixin, Gemma3MultiModalProcessor):
     QUERY_PATTERN = GEMMA_USER_TURN  # "<start_of_turn>user\n{content}<end_of_turn>"
     NOT_ONE_RUN_HINT = " with pan-and-scan crops (set do_pan_and_scan false to prune)"
 
     def _zspa_placeholder_id(self, modality):
         return self.info.get_hf_config().boi_token_index  # the template's "<start_of_image>"
-
-    def _zspa_num_image_tokens(self, width, height, mm_kwargs):
-        processor = self.info.get_hf_processor(**mm_kwargs)
-        return int(self.info.get_num_image_tokens(image_width=width, image_height=height, processor=processor, mm_kwargs=mm_kwargs))
 
 
 @MULTIMODAL_REGISTRY.register_processor(

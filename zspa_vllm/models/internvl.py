@@ -21,19 +21,15 @@ from vllm.model_executor.models.interns1 import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from zspa_vllm.model import PruningModelMixin
-from zspa_vllm.one_run import OneRunProcessorMixin
+from zspa_vllm.one_run import CountWithHfProcessorMixin, OneRunProcessorMixin
 from zspa_vllm.query import CHATML_USER_TURN
 
 
-class ZspaInternVLMultiModalProcessor(OneRunProcessorMixin, InternS1MultiModalProcessor):
+class ZspaInternVLMultiModalProcessor(CountWithHfProcessorMixin, OneRunProcessorMixin, InternS1MultiModalProcessor):
     QUERY_PATTERN = CHATML_USER_TURN  # "<|im_start|>user\n<IMG_CONTEXT>\n{question}<|im_end|>"
 
     def _zspa_placeholder_id(self, modality):
         return self.info.get_hf_processor().image_token_id  # "<IMG_CONTEXT>", once per image
-
-    def _zspa_num_image_tokens(self, width, height, mm_kwargs):
-        processor = self.info.get_hf_processor(**mm_kwargs)
-        return int(self.info.get_num_image_tokens(image_width=width, image_height=height, processor=processor, mm_kwargs=mm_kwargs))
 
 
 @MULTIMODAL_REGISTRY.register_processor(
