@@ -11,6 +11,7 @@ WORKDIR /opt/zspa-vllm
 COPY pyproject.toml README.md ./
 COPY zspa_vllm ./zspa_vllm
 COPY server ./server
+COPY zspa_eval ./zspa_eval
 
 # vLLM, torch and the HTTP stack come with the base image: install ours without deps, as
 # a regular (not editable) package, and leave no build files behind.
@@ -28,6 +29,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 
 # `docker run IMAGE MODEL --keep-rate 0.25 [vllm serve options]` works like `vllm serve`;
-# with no arguments it serves the built-in demo model (random weights).
+# with no arguments it serves the built-in demo model (trained only on synthetic shapes).
 ENTRYPOINT ["zspa-serve"]
 CMD ["--demo"]

@@ -3,12 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures clean
+.PHONY: env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures demo-model eval-demo clean
 
 env:  ## create/refresh .venv (seconds when nothing changed)
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
-demo: env  ## start zspa-serve with the tiny demo model, send an unpruned and a pruned request
+demo: env  ## start zspa-serve with the demo model, ask it held-out questions unpruned and pruned, draw what one kept
 	$(PY) scripts/demo.py
 
 test: env  ## the whole suite
@@ -38,7 +38,12 @@ bench-chat: env  ## multi-turn chat and same-image workloads: stock vLLM vs zspa
 
 fixtures: env  ## regenerate the tiny random-weight models under tests/fixtures/models
 	$(PY) scripts/make_fixtures.py
-	rm -rf server/demo_model && cp -r tests/fixtures/models/llava-1.5 server/demo_model  # the demo model
+
+demo-model: env  ## retrain the demo model into server/demo_model (about 20 min on 2 CPUs, deterministic)
+	$(PY) scripts/train_demo_model.py
+
+eval-demo: env  ## the demo model's accuracy against keep rate per method -> benchmarks/results/demo_accuracy (about 10 min)
+	$(PY) scripts/eval_demo_model.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,7 +1,9 @@
-"""``make demo``: start zspa-serve with the built-in demo model, send one image request
-unpruned and one with keep_rate=0.25, print what pruning changed, stop the server.
+"""``make demo``: start zspa-serve with the built-in demo model (a small LLaVA-1.5 trained
+only on synthetic scenes of coloured shapes), ask it held-out questions unpruned and at
+keep_rate 0.25 and 0.1, print the answers next to the expected ones, then draw with
+zspa-show which patches one of the questions kept.
 
-    python scripts/demo.py [--keep-running]
+    python scripts/demo.py [--keep-running] [--questions 6] [--no-picture]
 """
 
 from __future__ import annotations
@@ -9,44 +11,41 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from openai import OpenAI
-from PIL import Image, ImageDraw
 
 from server.launch import ServerProcess
+from zspa_eval.shapes import HELD_OUT_START, draw, example
 
-QUESTION = "What color is the big circle?"
+SETTINGS = [("unpruned", {}), ("keep 0.25", {"keep_rate": 0.25}), ("keep 0.1", {"keep_rate": 0.1})]
+FIRST_SEED = HELD_OUT_START + 5000  # held-out scenes (not in the accuracy table's slice either)
 
 
-def demo_image() -> str:
-    image = Image.new("RGB", (640, 480), "white")
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((120, 80, 420, 380), fill="red")
-    draw.rectangle((460, 300, 600, 440), fill="blue")
+def data_url(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def ask(client: OpenAI, model: str, image_url: str, **knobs):
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": QUESTION}],
-        }
-    ]
-    return client.chat.completions.create(model=model, messages=messages, max_tokens=8, extra_body=knobs or None)
+def ask(client: OpenAI, model: str, image_url: str, question: str, **knobs):
+    content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": question}]
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                          max_tokens=8, temperature=0, extra_body=knobs or None)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep-running", action="store_true", help="leave the server running at the end")
+    parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--no-picture", action="store_true", help="skip the zspa-show picture")
     args = parser.parse_args()
 
-    log = Path(tempfile.gettempdir()) / "zspa-demo-server.log"
+    workdir = Path(tempfile.mkdtemp(prefix="zspa-demo-"))
+    log = workdir / "server.log"
     print(f"starting zspa-serve --demo (log: {log}) ...", flush=True)
     server = ServerProcess(["--demo"], log)
     try:
@@ -54,14 +53,23 @@ def main() -> int:
         print(f"\rserver healthy after {seconds:.0f} s at {server.base_url}          ")
         client = OpenAI(base_url=f"{server.base_url}/v1", api_key="none")
         model = client.models.list().data[0].id
-        print(f"model: {model}\n")
-        image = demo_image()
-        rows = [("unpruned", ask(client, model, image)), ("keep_rate=0.25", ask(client, model, image, keep_rate=0.25))]
-        print(f"{'request':<16} {'prompt tokens':>13} {'visual tokens kept':>19}")
-        for name, response in rows:
-            usage = response.usage.model_dump()
-            print(f"{name:<16} {usage['prompt_tokens']:>13} {usage['visual_tokens_kept']:>10} of {usage['visual_tokens']:<6}")
-        print("\n(the demo model has random weights: its answers are meaningless)")
+        print(f"model: {model} (trained only on synthetic shapes)\n")
+        header = f"{'question':<32} {'expected':<8} " + " ".join(f"{name:<12}" for name, _ in SETTINGS)
+        print(header + "\n" + "-" * len(header))
+        shown = None
+        for seed in range(FIRST_SEED, FIRST_SEED + args.questions):
+            scene, question, answer, _ = example(seed)
+            image = draw(scene)
+            answers = []
+            for _, knobs in SETTINGS:
+                response = ask(client, model, data_url(image), question, **knobs)
+                usage = response.usage.model_dump()
+                text = response.choices[0].message.content.strip()
+                answers.append(f"{text} ({usage['visual_tokens_kept']})")
+            print(f"{question:<32} {answer:<8} " + " ".join(f"{a:<12}" for a in answers))
+            if shown is None and answer not in ("yes", "no"):
+                shown = (image, question)
+        print("\n(in brackets: visual tokens kept of 144 per image)")
         if args.keep_running:
             print(f"server left running at {server.base_url} (pid {server.proc.pid})")
             return 0
@@ -70,6 +78,22 @@ def main() -> int:
         server.stop()
         return 1
     server.stop()
+    if args.no_picture or shown is None:
+        return 0
+    image, question = shown
+    image.save(workdir / "scene.png")
+    out = workdir / "kept.png"
+    print(f"\ndrawing which patches {question!r} kept (zspa-show, starts the model in-process) ...", flush=True)
+    command = [sys.executable, "-m", "zspa_eval.show", "--demo", "--image", str(workdir / "scene.png"),
+               "--question", question, "--keep-rates", "0.25,0.1", "--core-ratios", "0,0.2,1", "--out", str(out)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if done.returncode != 0:
+        print(f"zspa-show failed (exit {done.returncode}): {' '.join(command)}", file=sys.stderr)
+        return 1
+    for line in done.stdout.splitlines():  # its summary lines, not vLLM's log
+        if line.startswith(("zspa,", "relevance,", "divprune,", "unpruned")):
+            print("  " + line)
+    print(f"\npicture: {out}\n(the same from the command line: zspa-show --demo --image IMAGE --question TEXT ...)")
     return 0
 
 

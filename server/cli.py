@@ -65,7 +65,7 @@ def our_parser() -> argparse.ArgumentParser:
         help=f"time the vision encoder and the selection in the workers, published in /metrics as "
         f"zspa_vision_encoder_seconds / zspa_selection_seconds (waits for the device around each; env {PHASE_TIMINGS_ENV}=1)",
     )
-    ours.add_argument("--demo", action="store_true", help="serve the built-in tiny demo model (random weights)")
+    ours.add_argument("--demo", action="store_true", help="serve the built-in demo model (a small LLaVA-1.5 trained only on synthetic shapes)")
     return parser
 
 

@@ -1,8 +1,9 @@
-"""The built-in demo model: tiny LLaVA-1.5 with random weights, served on CPU.
+"""The built-in demo model: a small LLaVA-1.5-architecture model trained only on
+synthetic scenes of coloured shapes (``scripts/train_demo_model.py``), served on CPU.
 
-It is the test fixture ``tests/fixtures/models/llava-1.5`` (copied, kept identical by a
-test): real CLIP-336 geometry (576 visual tokens per image) and a 2-layer LLM, so the
-pruning pipeline runs end to end in seconds. Its answers are meaningless.
+It answers questions like "Is there a red circle?", "What colour is the square?" and
+"How many triangles are there?" about such scenes (``zspa_eval/shapes.py``), and nothing
+else. CLIP 336 input with 28-pixel patches: 144 visual tokens per image.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import logging
 import os
 from importlib.resources import files
 
-SERVED_NAME = "zspa-demo-tiny-llava-RANDOM-WEIGHTS"
+SERVED_NAME = "zspa-demo-llava-synthetic-shapes"
 BANNER = (
-    "DEMO MODEL: a tiny LLaVA-1.5 with RANDOM weights (served as %r). Its answers are "
-    "meaningless; it shows the pruning pipeline, token counts and API only."
+    "DEMO MODEL: a small LLaVA-1.5 trained ONLY on synthetic scenes of coloured shapes (served "
+    "as %r). It answers questions about such scenes (zspa_eval/shapes.py) and knows nothing else."
 )
 logger = logging.getLogger("zspa-serve")
 

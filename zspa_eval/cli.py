@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--knobs-field", help="send the knobs inside this body field (e.g. mm_processor_kwargs for "
                    "plain vllm serve with the plugin) instead of at the top level as zspa-serve takes them")
+    p.add_argument("--bare-questions", action="store_true", help="send each question as it is, without the "
+                   "answer-format instruction appended (for a model trained on the bare questions)")
     p.add_argument("--out", required=True, type=Path, help="output folder (results.jsonl is resumed from)")
     p.add_argument("--no-plot", action="store_true")
     return p
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(str(error))
     rows = load_rows(args.data, split=args.split, limit=args.limit)
     model = args.model or _first_model(args.base_url, args.api_key)
-    endpoint = Endpoint(args.base_url.rstrip("/"), model, args.api_key, args.max_tokens, args.knobs_field)
+    endpoint = Endpoint(args.base_url.rstrip("/"), model, args.api_key, args.max_tokens, args.knobs_field,
+                        instructions=not args.bare_questions)
     results = args.out / "results.jsonl"
     print(f"zspa-eval: {len(rows)} rows x {len(sweep)} settings against {model} at {args.base_url}", file=sys.stderr)
     sent = run_sweep(endpoint, rows, sweep, results, args.concurrency)

@@ -65,12 +65,13 @@ class Endpoint:
     api_key: str | None = None
     max_tokens: int = 16
     knobs_field: str | None = None  # None: top level (zspa-serve); else e.g. "mm_processor_kwargs"
+    instructions: bool = True  # append the answer-format instruction of the row's type to its question
     timeout: float = 600
 
     def body(self, row: Row, cell: Cell) -> dict:
         content = [
             {"type": f"{row.media}_url", f"{row.media}_url": {"url": row.media_url}},
-            {"type": "text", "text": f"{row.question}\n{INSTRUCTIONS[row.type]}"},
+            {"type": "text", "text": f"{row.question}\n{INSTRUCTIONS[row.type]}" if self.instructions else row.question},
         ]
         body = {"model": self.model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": self.max_tokens, "temperature": 0}

@@ -24,7 +24,7 @@ from zspa_vllm import observe, phase_timings
 from zspa_vllm.encoder_cache import EncoderOutputCache, stats_file
 from zspa_vllm.params import encoder_cache_bytes, phase_timings_enabled
 from zspa_vllm.processor import MODALITIES, field_names
-from zspa_vllm.prune import METHODS, select_tokens
+from zspa_vllm.prune import METHODS, selection_order
 
 
 def _per_item(value, count: int) -> list:
@@ -165,8 +165,9 @@ class PruningModelMixin:
             # core / keep gives back exactly `core` in select_tokens' floor(r * l + 0.5)
             # no value check: it is the selection's only wait for the device
             features = self._zspa_selection_features(visual)
-            kept = select_tokens(features, query, keep, core / keep, method=method, check_values=False)
-            observe.record(observe.Selection(visual.shape[0], kept, ids, method, core, modality))
+            order = selection_order(features, query, keep, core / keep, method=method, check_values=False)
+            kept = torch.sort(order).values  # what select_tokens returns; the order tells core from diversity
+            observe.record(observe.Selection(visual.shape[0], kept, ids, method, core, modality, order))
             pruned.append(self._zspa_kept_rows(visual, kept, modality, len(pruned)))
         return pruned
 

@@ -18,12 +18,15 @@ class Selection:
     """One image's (or video's) selection. The kept indices and query ids stay tensors (on
     the model's device) until someone reads them, so recording never waits for the device."""
 
-    def __init__(self, num_visual: int, kept, query_ids, method: str, num_core: int, modality: str = "image") -> None:
+    def __init__(
+        self, num_visual: int, kept, query_ids, method: str, num_core: int, modality: str = "image", order=None
+    ) -> None:
         self.num_visual = num_visual  # tokens the vision encoder produced for the item
         self.method = method
         self.num_core = num_core
         self.modality = modality
         self._kept, self._query_ids = kept, query_ids
+        self._order = order  # the kept indices in the order chosen (core first), if known
 
     @functools.cached_property
     def kept(self) -> tuple[int, ...]:  # indices kept, ascending
@@ -33,8 +36,17 @@ class Selection:
     def query_ids(self) -> tuple[int, ...]:
         return _ints(self._query_ids)
 
+    @functools.cached_property
+    def core(self) -> tuple[int, ...]:
+        """The kept indices chosen for their relevance to the query (ascending); the rest
+        of ``kept`` are diversity picks. Empty when the order was not recorded."""
+        if self._order is None or not self.query_ids or self.method == "divprune":
+            return ()
+        order = _ints(self._order)
+        return tuple(sorted(order if self.method == "relevance" else order[: self.num_core]))
+
     def as_dict(self) -> dict:
-        names = ("modality", "num_visual", "kept", "query_ids", "method", "num_core")
+        names = ("modality", "num_visual", "kept", "core", "query_ids", "method", "num_core")
         return {name: getattr(self, name) for name in names}
 
     def __eq__(self, other) -> bool:

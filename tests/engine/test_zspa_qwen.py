@@ -265,6 +265,12 @@ def test_kept_indices_are_select_tokens(engines, knobs):
     assert len(kept) == keep
 
 
+def test_zspa_show_draws_the_engines_selection_on_the_merged_grid(engines, tmp_path, monkeypatch):
+    from tests.engine.show_check import check_show
+
+    check_show(engines.get("main"), engines.family, make_image(*fresh(640, 480)), OTHER_QUESTION, tmp_path, monkeypatch)
+
+
 def test_other_question_other_kept_set_and_prefix_cache(engines):
     """Same image, two questions: different kept sets (so the caches must key on the
     question). Prefix caching on, in either order, gives what prefix caching off gives."""

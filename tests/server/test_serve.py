@@ -1,5 +1,5 @@
 """zspa-serve end to end: a real server process, real HTTP, the demo model (LLaVA-1.5
-geometry: 576 visual tokens per image)."""
+architecture, 144 visual tokens per image)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from zspa_vllm.prune import num_kept
 
 pytestmark = pytest.mark.server
 
-N = 576
+N = 144  # the demo model: CLIP 336 with 28-pixel patches
+K10, K25, K50 = (num_kept(N, rate) for rate in (0.1, 0.25, 0.5))  # 15, 36, 72
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
@@ -32,8 +33,8 @@ def text_tokens(server, model) -> int:
 
 
 def test_models_endpoint_labels_the_demo(server, model):
-    assert "RANDOM-WEIGHTS" in model
-    assert "RANDOM weights" in server.log_tail(10**6)
+    assert model == "zspa-demo-llava-synthetic-shapes"
+    assert "trained ONLY on synthetic scenes of coloured shapes" in server.log_tail(10**6)
 
 
 def test_openai_client_extra_body(server, model, text_tokens):
@@ -47,7 +48,7 @@ def test_openai_client_extra_body(server, model, text_tokens):
     )
     assert full.usage.prompt_tokens == text_tokens + N
     assert pruned.usage.prompt_tokens == text_tokens + num_kept(N, 0.1)
-    assert pruned.usage.model_extra == {"visual_tokens": N, "visual_tokens_kept": 58}
+    assert pruned.usage.model_extra == {"visual_tokens": N, "visual_tokens_kept": K10}
     assert full.usage.model_extra == {"visual_tokens": N, "visual_tokens_kept": N}
 
 
@@ -56,8 +57,8 @@ def test_native_mm_processor_kwargs_and_both_spellings_alike(server, model, text
     both = post(server, chat_body(model, 3, keep_rate="0.25", mm_processor_kwargs={"keep_rate": 0.250}))
     for response in (native, both):
         assert response.status_code == 200, response.text
-        assert response.json()["usage"]["prompt_tokens"] == text_tokens + 144
-        assert response.headers["x-zspa-visual-tokens"] == f"144/{N}"
+        assert response.json()["usage"]["prompt_tokens"] == text_tokens + K25
+        assert response.headers["x-zspa-visual-tokens"] == f"{K25}/{N}"
     assert native.json()["choices"][0]["message"] == both.json()["choices"][0]["message"]
 
 
@@ -65,13 +66,13 @@ def test_streaming_reports_counts(server, model, text_tokens):
     body = chat_body(model, 4, keep_rate=0.5, stream=True, stream_options={"include_usage": True})
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, headers=AUTH, timeout=120) as r:
         assert r.status_code == 200
-        assert r.headers["x-zspa-visual-tokens"] == f"288/{N}"
+        assert r.headers["x-zspa-visual-tokens"] == f"{K50}/{N}"
         events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     usages = [c["usage"] for c in chunks if c.get("usage")]
-    assert usages[-1]["prompt_tokens"] == text_tokens + 288
-    assert usages[-1]["visual_tokens"] == N and usages[-1]["visual_tokens_kept"] == 288
+    assert usages[-1]["prompt_tokens"] == text_tokens + K50
+    assert usages[-1]["visual_tokens"] == N and usages[-1]["visual_tokens_kept"] == K50
     assert usages[-1]["completion_tokens"] == 2 and any(c["choices"] for c in chunks)
 
 
@@ -143,7 +144,7 @@ def test_bad_bodies_are_400_or_413_and_the_server_stays_healthy(server, model, t
         assert set(response.json()["error"]) >= {"message", "type", "code"}, name
     assert httpx.get(f"{server.base_url}/health").status_code == 200
     good = post(server, chat_body(model, 8, keep_rate=0.1))
-    assert good.status_code == 200 and good.json()["usage"]["prompt_tokens"] == text_tokens + 58
+    assert good.status_code == 200 and good.json()["usage"]["prompt_tokens"] == text_tokens + K10
 
 
 def test_deeply_nested_json_is_400_on_every_endpoint(server, model, text_tokens):
@@ -157,7 +158,7 @@ def test_deeply_nested_json_is_400_on_every_endpoint(server, model, text_tokens)
             assert response.status_code == 400, (depth, path, response.text[:300])
     assert httpx.get(f"{server.base_url}/health").status_code == 200
     good = post(server, chat_body(model, 9, keep_rate=0.25))
-    assert good.status_code == 200 and good.json()["usage"]["prompt_tokens"] == text_tokens + 144
+    assert good.status_code == 200 and good.json()["usage"]["prompt_tokens"] == text_tokens + K25
 
 
 def test_tokenize_endpoint_takes_the_knobs(server, model, text_tokens):
@@ -165,7 +166,7 @@ def test_tokenize_endpoint_takes_the_knobs(server, model, text_tokens):
     body.pop("max_tokens"), body.pop("temperature")
     response = post(server, body, path="/tokenize")
     assert response.status_code == 200, response.text
-    assert response.json()["count"] == text_tokens + 144
+    assert response.json()["count"] == text_tokens + K25
     assert post(server, {**body, "keep_rate": 7}, path="/tokenize").json()["error"]["param"] == "keep_rate"
 
 
@@ -201,7 +202,7 @@ def test_client_disconnecting_mid_stream_does_not_disturb_later_requests(server,
     for seed in (11, 12):
         response = post(server, chat_body(model, seed, keep_rate=0.25))
         assert response.status_code == 200
-        assert response.json()["usage"]["prompt_tokens"] == text_tokens + 144
+        assert response.json()["usage"]["prompt_tokens"] == text_tokens + K25
     assert httpx.get(f"{server.base_url}/health").status_code == 200
 
 
@@ -224,8 +225,8 @@ def test_metrics_count_visual_tokens_before_and_after(server, model):
     after = scrape()
     delta = {key: after[key] - before[key] for key in after}
     assert delta == {
-        ("zspa_visual_tokens", "zspa"): N, ("zspa_visual_tokens_kept", "zspa"): 144,
-        ("zspa_visual_tokens", "divprune"): N, ("zspa_visual_tokens_kept", "divprune"): 58,
+        ("zspa_visual_tokens", "zspa"): N, ("zspa_visual_tokens_kept", "zspa"): K25,
+        ("zspa_visual_tokens", "divprune"): N, ("zspa_visual_tokens_kept", "divprune"): K10,
         ("zspa_visual_tokens", "none"): N, ("zspa_visual_tokens_kept", "none"): N,
     }
     assert "vllm:prompt_tokens" in httpx.get(f"{server.base_url}/metrics").text  # vLLM's own are still there
@@ -272,7 +273,7 @@ def test_responses_endpoint_takes_the_knobs_and_reports_counts(server, model):
     full = post(server, body, path="/v1/responses")
     pruned = post(server, {**body, "keep_rate": 0.25}, path="/v1/responses")
     assert full.status_code == pruned.status_code == 200, pruned.text
-    assert full.json()["usage"]["input_tokens"] - pruned.json()["usage"]["input_tokens"] == N - 144
-    assert (pruned.json()["usage"]["visual_tokens"], pruned.json()["usage"]["visual_tokens_kept"]) == (N, 144)
-    assert pruned.headers["x-zspa-visual-tokens"] == f"144/{N}"
+    assert full.json()["usage"]["input_tokens"] - pruned.json()["usage"]["input_tokens"] == N - K25
+    assert (pruned.json()["usage"]["visual_tokens"], pruned.json()["usage"]["visual_tokens_kept"]) == (N, K25)
+    assert pruned.headers["x-zspa-visual-tokens"] == f"{K25}/{N}"
     assert post(server, {**body, "core_ratio": 3}, path="/v1/responses").json()["error"]["param"] == "core_ratio"

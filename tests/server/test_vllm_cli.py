@@ -17,11 +17,12 @@ import pytest
 from server import demo
 from server.launch import ServerProcess
 from tests.server.conftest import API_KEY, SERVER_ENV, chat_body
+from zspa_vllm.prune import num_kept
 
 pytestmark = pytest.mark.server
 
 VLLM = str(Path(sys.executable).with_name("vllm"))
-N = 576  # the demo model's visual tokens per image (LLaVA-1.5)
+N = 144  # the demo model's visual tokens per image (LLaVA-1.5 architecture, 28-pixel patches)
 
 
 def vllm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -51,7 +52,7 @@ def test_vllm_serve_prunes_with_the_plugin(tmp_path):
             return response.json()["usage"]["prompt_tokens"]
 
         full, pruned = prompt_tokens(), prompt_tokens(mm_processor_kwargs={"keep_rate": 0.25})
-        assert full - pruned == N - 144
+        assert full - pruned == N - num_kept(N, 0.25)
     finally:
         server.stop()
 
@@ -82,5 +83,5 @@ def test_vllm_bench_serve_against_zspa_serve(server, model, tmp_path):
     pruned = bench("keep-0.25", "--extra-body", '{"keep_rate": 0.25}')
     for result in (stock, pruned):
         assert result["completed"] == 4 and result.get("failed", 0) == 0
-    # the knob reached every request: 4 images of 576 tokens, 144 kept each
-    assert stock["server_prompt_tokens"] - pruned["server_prompt_tokens"] == 4 * (N - 144)
+    # the knob reached every request: 4 images of N tokens, a quarter kept each
+    assert stock["server_prompt_tokens"] - pruned["server_prompt_tokens"] == 4 * (N - num_kept(N, 0.25))

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from zspa_eval.dataset import load_rows
+from zspa_eval.dataset import Row, load_rows
 from zspa_eval.report import markdown, summarize
 from zspa_eval.scoring import choice_letter, is_correct, normalize, pope_scores, yes_no
-from zspa_eval.sweep import UNPRUNED, Cell, cells
+from zspa_eval.sweep import UNPRUNED, Cell, Endpoint, cells
 
 
 @pytest.mark.parametrize(
@@ -147,3 +147,11 @@ def test_video_rows_become_video_url_parts(tmp_path):
     part = body["messages"][0]["content"][0]
     assert part == {"type": "video_url", "video_url": {"url": file_row.media_url}}
     assert body["keep_rate"] == 0.25
+
+
+def test_bare_questions_go_without_the_answer_format_instruction():
+    row = Row("0", "data:image/png;base64,AAAA", "What colour is the square?", "red", "short")
+    text = lambda endpoint: endpoint.body(row, Cell("zspa", 0.25, 0.2))["messages"][0]["content"][1]["text"]  # noqa: E731
+    assert text(Endpoint("http://127.0.0.1:1/v1", "m", instructions=False)) == "What colour is the square?"
+    assert text(Endpoint("http://127.0.0.1:1/v1", "m")).startswith("What colour is the square?\n")
+    assert text(Endpoint("http://127.0.0.1:1/v1", "m")) != "What colour is the square?"

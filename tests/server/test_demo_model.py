@@ -1,0 +1,84 @@
+"""The demo model answers its held-out questions (served by the shared zspa-serve --demo),
+and zspa-show --demo draws what a question kept, end to end."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.server.conftest import API_KEY
+from zspa_eval import show
+from zspa_eval.scoring import is_correct
+from zspa_eval.shapes import HELD_OUT_START, draw, example
+from zspa_vllm.prune import num_kept
+
+pytestmark = pytest.mark.server
+
+N, GRID, PATCH = 144, 12, 28  # the demo model: 336 / 28 = 12 patches a side
+SLICE = range(HELD_OUT_START, HELD_OUT_START + 60)  # fixed held-out seeds
+# the committed model answers 39 of these 60 (65%; 65.6% of 500 held-out questions): well
+# short of the 90% it was meant to reach (see README, "The demo model"); this guards that
+THRESHOLD = 0.55
+
+
+def answer(server, model, seed: int, **knobs) -> tuple[str, str, str]:
+    scene, question, expected, answer_type = example(seed)
+    buffer = io.BytesIO()
+    draw(scene).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0, **knobs}
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body,
+                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"], expected, answer_type
+
+
+def test_the_demo_model_answers_its_held_out_questions_unpruned(server, model):
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda seed: answer(server, model, seed), SLICE))
+    right = sum(is_correct(*a) for a in answers)
+    assert right / len(answers) >= THRESHOLD, answers
+    # sensitive: the same questions about other scenes are not answered as well
+    with ThreadPoolExecutor(8) as pool:
+        swapped = list(pool.map(lambda seed: answer(server, model, seed), [s + 1000 for s in SLICE]))
+    crossed = sum(is_correct(got, want, kind) for (got, _, _), (_, want, kind) in zip(swapped, answers))
+    assert crossed <= right - 5
+
+
+def test_zspa_show_on_the_demo_model_end_to_end(tmp_path):
+    scene, question, _, _ = example(HELD_OUT_START + 7)
+    image_path, out = tmp_path / "scene.png", tmp_path / "kept.png"
+    draw(scene).save(image_path)
+    command = [sys.executable, "-m", "zspa_eval.show", "--demo", "--image", str(image_path), "--question", question,
+               "--keep-rates", "0.25,0.1", "--core-ratios", "0,1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote {out}" in done.stdout
+
+    report = json.loads(out.with_suffix(".json").read_text())
+    panels = report["panels"]
+    assert [(p["keep_rate"], p["core_ratio"]) for p in panels] == [(0.25, 0.0), (0.25, 1.0), (0.1, 0.0), (0.1, 1.0)]
+    picture = Image.open(out).convert("RGB")
+    _, scale, origin, canvas = show.layout((336, 336), 1, len(panels))
+    assert picture.size == canvas
+    for p, panel in enumerate(panels):
+        assert panel["num_visual"] == N and len(panel["kept"]) == num_kept(N, panel["keep_rate"])
+        roles = {t["role"] for t in panel["kept"]}
+        assert roles == ({"diversity"} if panel["core_ratio"] == 0 else {"core"})
+        for token in panel["kept"]:
+            row, col = divmod(token["index"], GRID)  # hand-computed: a 336x336 image is not resized
+            assert token["box"] == [col * PATCH, row * PATCH, (col + 1) * PATCH, (row + 1) * PATCH]
+            left, top = origin(p, 0)
+            x, y = left + round(col * PATCH * scale), top + round(row * PATCH * scale)
+            assert picture.getpixel((x, y)) == (show.CORE if token["role"] == "core" else show.DIVERSITY)
+    # the core of the two core ratios 1 differ from the diversity-only selections
+    assert {t["index"] for t in panels[1]["kept"]} != {t["index"] for t in panels[0]["kept"]}

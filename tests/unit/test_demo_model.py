@@ -1,0 +1,110 @@
+"""The demo model's data, training script and committed files (no engine: the served
+accuracy is checked in tests/server/test_demo_model.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zspa_eval import shapes
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "server" / "demo_model"
+sys.path.insert(0, str(REPO))
+
+
+def test_examples_are_reproducible_and_their_answers_follow_the_scene():
+    kinds = set()
+    for seed in range(300):
+        scene, question, answer, answer_type = shapes.example(seed)
+        assert shapes.example(seed) == (scene, question, answer, answer_type)
+        assert shapes.MIN_SHAPES <= len(scene.shapes) <= shapes.MAX_SHAPES
+        words = question.rstrip("?").split()
+        if question.startswith("Is there"):
+            colour, kind = words[-2], words[-1]
+            assert answer == ("yes" if scene.count(kind, colour) else "no") and answer_type == "yesno"
+        elif question.startswith("What colour"):
+            kind = words[-1]
+            assert scene.count(kind) == 1 and answer == next(s.colour for s in scene.shapes if s.kind == kind)
+        else:
+            kind = words[2][:-1]  # "How many triangles are there"
+            assert answer == str(scene.count(kind))
+        kinds.add(question.split()[0])
+    assert kinds == {"Is", "What", "How"}
+    yes = [shapes.example(s)[2] for s in range(300) if shapes.example(s)[1].startswith("Is")]
+    assert 0.3 < yes.count("yes") / len(yes) < 0.7  # balanced
+
+
+def test_shapes_do_not_overlap_and_are_drawn_where_the_scene_says():
+    scene = shapes.make_scene(7)
+    image = np.asarray(shapes.draw(scene))
+    for shape in scene.shapes:
+        left, top, right, bottom = shape.box
+        assert tuple(image[(top + bottom) // 2 + 5, (left + right) // 2]) == shapes.COLOURS[shape.colour]
+    for a in scene.shapes:
+        for b in scene.shapes:
+            assert a is b or shapes._apart(a.box, b.box, 8)
+
+
+def test_patch_labels_name_the_shape_under_each_patch_centre():
+    from scripts.train_demo_model import patch_labels
+
+    scene = shapes.Scene((shapes.Shape("square", "green", (0, 0, 84, 84)), shapes.Shape("circle", "red", (168, 168, 252, 252))))
+    labels = patch_labels(scene).reshape(12, 12)  # 28-pixel patches, centres at 14, 42, 70, ...
+    square, circle = 1 + 1 * 3 + 1, 1 + 0 * 3 + 0  # green = colour 1, square = shape 1; red circle = 1
+    assert (labels[:3, :3] == square).all() and labels[3, 3] == 0
+    # the circle: centre (210, 210), radius 42; patch centres 182, 210, 238 lie inside, 154 does not
+    assert (labels[6:9, 6:9] == circle).all() and labels[5, 5] == 0 and labels[9, 9] == 0
+    assert (labels == 0).sum() == 144 - 9 - 9
+
+
+def test_training_inputs_are_what_the_served_processor_makes():
+    """The training script builds prompts and pixels itself (fast); they must equal what
+    vLLM's HF processor makes of the same chat request for the committed model."""
+    from transformers import AutoProcessor
+
+    from scripts.train_demo_model import Batcher, pixels
+
+    processor = AutoProcessor.from_pretrained(DEMO)
+    config = json.loads((DEMO / "config.json").read_text())
+    tokenizer = processor.tokenizer
+    batcher = Batcher(tokenizer, config["image_token_index"], config["image_seq_length"], tokenizer.eos_token_id,
+                      config["pad_token_id"])
+    scene, question, _, _ = shapes.example(shapes.HELD_OUT_START)
+    image = shapes.draw(scene)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    served = processor(text=text, images=[image], add_special_tokens=False, return_tensors="pt")
+    assert served["input_ids"][0].tolist() == batcher.prompt_ids(question)
+    assert batcher.prompt_ids(question).count(config["image_token_index"]) == 144
+    assert np.abs(served["pixel_values"][0].numpy() - pixels(image).numpy()).max() < 1e-5
+
+
+def test_the_committed_demo_model_says_what_it_is():
+    info = json.loads((DEMO / "demo_model.json").read_text())
+    assert info["trained_by"] == "scripts/train_demo_model.py"
+    assert "synthetic" in info["what"] and info["held_out_accuracy_unpruned"] >= 0.6
+    assert "trained ONLY on synthetic scenes" in (DEMO / "README.md").read_text()
+    assert (DEMO / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+@pytest.mark.timeout(300)
+def test_the_training_script_runs_a_few_steps_deterministically(tmp_path):
+    def train(out: Path) -> bytes:
+        command = [sys.executable, str(REPO / "scripts/train_demo_model.py"), "--steps", "3", "--batch", "2",
+                   "--eval", "2", "--out", str(out)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=280)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "step 3/3 loss" in done.stdout and "held-out accuracy (2 examples" in done.stdout
+        return (out / "model.safetensors").read_bytes()
+
+    first = train(tmp_path / "a")
+    assert first == train(tmp_path / "b")  # same seed, same steps: the same weights
+    written = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert written == sorted(p.name for p in DEMO.iterdir())
+    assert json.loads((tmp_path / "a/demo_model.json").read_text())["steps"] == 3
