@@ -70,14 +70,15 @@ def test_no_model_or_demo_serves_the_demo_model(argv):
     assert args.enforce_eager
 
 
-def test_demo_model_is_the_llava_fixture_byte_for_byte():
+def test_demo_model_is_the_trained_one_and_says_so():
+    import json
     from pathlib import Path
 
-    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "llava-1.5"
     packaged = Path(demo.model_path())
-    assert sorted(p.name for p in packaged.iterdir()) == sorted(p.name for p in fixture.iterdir())
-    for path in fixture.iterdir():
-        assert (packaged / path.name).read_bytes() == path.read_bytes(), path.name
+    info = json.loads((packaged / "demo_model.json").read_text())
+    assert info["name"] == demo.SERVED_NAME and info["trained_by"] == "scripts/train_demo_model.py"
+    assert json.loads((packaged / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+    assert not (packaged / "fixture.json").exists()  # no longer a copy of the random-weight fixture
 
 
 def test_plugins_are_enabled_next_to_the_users_choice(monkeypatch):
