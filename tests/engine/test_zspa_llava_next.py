@@ -296,11 +296,12 @@ def test_chunked_prefill_matches_unchunked(engines):
     assert logprobs_max_diff(chunked, whole, steps=3) < 1e-4
 
 
-def test_zspa_show_draws_the_engines_selection_on_overview_and_grid(engine, tmp_path, monkeypatch):
+def test_zspa_show_draws_the_engines_selection_on_overview_and_grid(engines, tmp_path, monkeypatch):
     from tests.engine.show_check import check_show
     from tests.fixtures.images import make_image
 
-    check_show(engine, FAMILY, make_image(500, 300, 4242), OTHER_QUESTION, tmp_path, monkeypatch)
+    llm, _ = engines(FAMILY)  # its own engine: the test before replaced the module's
+    check_show(llm, FAMILY, make_image(500, 300, 4242), OTHER_QUESTION, tmp_path, monkeypatch)
 
 
 def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
