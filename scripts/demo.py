@@ -4,6 +4,7 @@ keep_rate 0.25 and 0.1, print the answers next to the expected ones, then draw w
 zspa-show which patches one of the questions kept.
 
     python scripts/demo.py [--keep-running] [--questions 6] [--no-picture]
+    python scripts/demo.py --server http://HOST:PORT [--api-key KEY]   # a running zspa-serve --demo
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from zspa_eval.shapes import HELD_OUT_START, draw, example
 
 SETTINGS = [("unpruned", {}), ("keep 0.25", {"keep_rate": 0.25}), ("keep 0.1", {"keep_rate": 0.1})]
 FIRST_SEED = HELD_OUT_START + 5000  # held-out scenes (not in the accuracy table's slice either)
+COLUMN = 16
 
 
 def data_url(image) -> str:
@@ -42,45 +44,67 @@ def main() -> int:
     parser.add_argument("--keep-running", action="store_true", help="leave the server running at the end")
     parser.add_argument("--questions", type=int, default=6)
     parser.add_argument("--no-picture", action="store_true", help="skip the zspa-show picture")
+    parser.add_argument("--server", help="ask this running zspa-serve --demo instead of starting one")
+    parser.add_argument("--api-key", default="none", help="the --server's API key, if it has one")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="zspa-demo-"))
-    log = workdir / "server.log"
-    print(f"starting zspa-serve --demo (log: {log}) ...", flush=True)
-    server = ServerProcess(["--demo"], log)
+    server = None
+    if args.server is None:
+        log = workdir / "server.log"
+        print(f"starting zspa-serve --demo (log: {log}) ...", flush=True)
+        server = ServerProcess(["--demo"], log)
     try:
-        seconds = server.wait_healthy(progress=lambda s: print(f"\r  waiting for /health: {s:4.0f} s", end="", flush=True))
-        print(f"\rserver healthy after {seconds:.0f} s at {server.base_url}          ")
-        client = OpenAI(base_url=f"{server.base_url}/v1", api_key="none")
-        model = client.models.list().data[0].id
-        print(f"model: {model} (trained only on synthetic shapes)\n")
-        header = f"{'question':<32} {'expected':<8} " + " ".join(f"{name:<12}" for name, _ in SETTINGS)
-        print(header + "\n" + "-" * len(header))
-        shown = None
-        for seed in range(FIRST_SEED, FIRST_SEED + args.questions):
-            scene, question, answer, _ = example(seed)
-            image = draw(scene)
-            answers = []
-            for _, knobs in SETTINGS:
-                response = ask(client, model, data_url(image), question, **knobs)
-                usage = response.usage.model_dump()
-                text = response.choices[0].message.content.strip()
-                answers.append(f"{text} ({usage['visual_tokens_kept']})")
-            print(f"{question:<32} {answer:<8} " + " ".join(f"{a:<12}" for a in answers))
-            if shown is None and answer not in ("yes", "no"):
-                shown = (image, question)
-        print("\n(in brackets: visual tokens kept of 144 per image)")
-        if args.keep_running:
-            print(f"server left running at {server.base_url} (pid {server.proc.pid})")
+        if server is None:
+            base_url = args.server.rstrip("/")
+        else:
+            seconds = server.wait_healthy(progress=lambda s: print(f"\r  waiting for /health: {s:4.0f} s", end="", flush=True))
+            base_url = server.base_url
+            print(f"\rserver healthy after {seconds:.0f} s at {base_url}          ")
+        shown = ask_all(OpenAI(base_url=f"{base_url}/v1", api_key=args.api_key), args.questions)
+        if server is not None and args.keep_running:
+            print(f"server left running at {base_url} (pid {server.proc.pid})")
             return 0
     except Exception as error:  # show the server's side of the story
-        print(f"\ndemo failed: {error}\n--- server log tail ---\n{server.log_tail()}", file=sys.stderr)
-        server.stop()
+        tail = server.log_tail() if server is not None else "(not started here)"
+        print(f"\ndemo failed: {error}\n--- server log tail ---\n{tail}", file=sys.stderr)
+        if server is not None:
+            server.stop()
         return 1
-    server.stop()
+    if server is not None:
+        server.stop()
     if args.no_picture or shown is None:
         return 0
-    image, question = shown
+    return picture(*shown, workdir)
+
+
+def ask_all(client: OpenAI, questions: int):
+    """Print each held-out question, its expected answer and the answers per setting (with
+    the visual tokens kept), then how many each setting got right; returns (image,
+    question) of the first non-yes/no question, for the picture."""
+    model = client.models.list().data[0].id
+    print(f"model: {model} (trained only on synthetic shapes)\n")
+    header = f"{'question':<32} {'expected':<8} " + " ".join(f"{name:<{COLUMN}}" for name, _ in SETTINGS)
+    print(header + "\n" + "-" * len(header))
+    shown, right = None, [0] * len(SETTINGS)
+    for seed in range(FIRST_SEED, FIRST_SEED + questions):
+        scene, question, answer, _ = example(seed)
+        image = draw(scene)
+        answers = []
+        for i, (_, knobs) in enumerate(SETTINGS):
+            response = ask(client, model, data_url(image), question, **knobs)
+            text = response.choices[0].message.content.strip()
+            right[i] += text == answer
+            answers.append(f"{text} ({response.usage.model_dump()['visual_tokens_kept']})")
+        print(f"{question:<32} {answer:<8} " + " ".join(f"{a:<{COLUMN}}" for a in answers))
+        if shown is None and answer not in ("yes", "no"):
+            shown = (image, question)
+    print(f"{'right':<41} " + " ".join(f"{f'{r} of {questions}':<{COLUMN}}" for r in right))
+    print("\n(in brackets: visual tokens kept of 144 per image)")
+    return shown
+
+
+def picture(image, question: str, workdir: Path) -> int:
     image.save(workdir / "scene.png")
     out = workdir / "kept.png"
     print(f"\ndrawing which patches {question!r} kept (zspa-show, starts the model in-process) ...", flush=True)

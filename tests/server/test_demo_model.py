@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from zspa_eval.shapes import HELD_OUT_START, draw, example
 from zspa_vllm.prune import num_kept
 
 pytestmark = pytest.mark.server
+REPO = Path(__file__).resolve().parents[2]
 
 N, GRID, PATCH = 144, 12, 28  # the demo model: 336 / 28 = 12 patches a side
 SLICE = range(HELD_OUT_START, HELD_OUT_START + 60)  # fixed held-out seeds
@@ -82,3 +85,26 @@ def test_zspa_show_on_the_demo_model_end_to_end(tmp_path):
             assert picture.getpixel((x, y)) == (show.CORE if token["role"] == "core" else show.DIVERSITY)
     # the core of the two core ratios 1 differ from the diversity-only selections
     assert {t["index"] for t in panels[1]["kept"]} != {t["index"] for t in panels[0]["kept"]}
+
+
+def test_make_demo_table_against_the_shared_server(server):
+    """scripts/demo.py (what `make demo` runs) pointed at a running server: each question
+    with its expected answer, the answers unpruned / keep 0.25 / keep 0.1 with the visual
+    tokens each kept, and a tally that agrees with the rows."""
+    from scripts import demo
+
+    command = [sys.executable, str(REPO / "scripts/demo.py"), "--server", server.base_url, "--api-key", API_KEY,
+               "--questions", "4", "--no-picture"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if re.search(r"\(\d+\)\s*$", line)]
+    assert len(rows) == 4, done.stdout
+    right = [0, 0, 0]
+    for seed, row in zip(range(demo.FIRST_SEED, demo.FIRST_SEED + 4), rows):
+        _, question, expected, _ = example(seed)
+        assert row.startswith(question) and row[33:41].strip() == expected
+        cells = re.findall(r"(\S.*?) \((\d+)\)", row[41:])
+        assert [int(kept) for _, kept in cells] == [N, num_kept(N, 0.25), num_kept(N, 0.1)], row
+        right = [r + (text.strip() == expected) for r, (text, _) in zip(right, cells)]
+    tally = next(line for line in done.stdout.splitlines() if line.startswith("right"))
+    assert re.findall(r"(\d+) of 4", tally) == [str(r) for r in right]
