@@ -27,9 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 N, GRID, PATCH = 144, 12, 28  # the demo model: 336 / 28 = 12 patches a side
 SLICE = range(HELD_OUT_START, HELD_OUT_START + 60)  # fixed held-out seeds
-# the committed model answers 39 of these 60 (65%; 65.6% of 500 held-out questions): well
-# short of the 90% it was meant to reach (see README, "The demo model"); this guards that
-THRESHOLD = 0.55
+# the committed model answers 54 of these 60 (90%; 90.6% of 500 held-out questions, see
+# README, "The demo model"); this guards that, with room for 3 answers that float
+# differences between machines might flip
+THRESHOLD = 0.85
 
 
 def answer(server, model, seed: int, **knobs) -> tuple[str, str, str]:
