@@ -92,15 +92,13 @@ def test_tp2_same_output_and_same_selection_on_every_rank(family, tmp_path):
     rank0, rank1 = logs_two.values()
     assert rank0 == rank1  # the ranks agree: each hands the LLM the same rows
     tol = tolerance(family)
-    if tol is FLOAT32:
-        assert rank0 == selections
-    else:
-        # bfloat16 (Qwen3.5): the vision tower split over two ranks rounds otherwise, so
-        # near-tied tokens may swap; the kept sets agree up to those
-        overlap = min(len(set(a["kept"]) & set(b["kept"])) / len(a["kept"]) for a, b in zip(rank0, selections, strict=True))
-        print(f"\n[tp] {family}: kept sets TP=2 vs TP=1 overlap at least {overlap:.2f}")
-        assert [s["num_visual"] for s in rank0] == [s["num_visual"] for s in selections]
-        assert overlap >= 0.9
+    # the vision tower split over two ranks sums in another order, so a near-tied token may
+    # swap between TP=1 and TP=2 (seen in float32: LLaVA-NeXT swapped 1 of 585 on one CPU,
+    # none on another; bfloat16 Qwen3.5 rounds more); the kept sets agree up to those
+    assert [(s["num_visual"], len(s["kept"])) for s in rank0] == [(s["num_visual"], len(s["kept"])) for s in selections]
+    overlap = min(len(set(a["kept"]) & set(b["kept"])) / len(a["kept"]) for a, b in zip(rank0, selections, strict=True))
+    print(f"\n[tp] {family}: kept sets TP=2 vs TP=1 overlap at least {overlap:.3f}")
+    assert overlap >= (0.99 if tol is FLOAT32 else 0.9)
     # every rank's encoder-output cache saw the same calls and evicted alike, as TP=1's did
     assert sorted(stats_two) == [("0", "0"), ("0", "1")]
     assert stats_two["0", "0"] == stats_two["0", "1"] == stats_one["0", "0"]
@@ -109,16 +107,21 @@ def test_tp2_same_output_and_same_selection_on_every_rank(family, tmp_path):
     assert stats.hits + stats.evictions >= 1  # it was used (images over the budget are never stored)
     print(f"\n[tp] {family}: encoder-output cache on each rank: {stats}")
 
-    # float32: within 1e-4 (the all-reduce sums in another order); Qwen3.5 (bfloat16): its
-    # first token within bfloat16 rounding
+    # float32: within 1e-4 (the all-reduce sums in another order), or 1e-2 for a request
+    # whose kept sets differ by a swapped near-tie (the LLM reads one other row; 1.7e-3
+    # seen); Qwen3.5 (bfloat16): its first token within bfloat16 rounding
     atol = 1e-4 if tol is FLOAT32 else tol.schedule
-    worst = 0.0
-    for a, b in zip(one, two, strict=True):
+    per_request = [len(r["images"]) for r in REQUESTS]
+    starts = [sum(per_request[:i]) for i in range(len(REQUESTS))]
+    same_rows = [rank0[i : i + k] == selections[i : i + k] for i, k in zip(starts, per_request)]
+    worst = {True: 0.0, False: 0.0}
+    for a, b, same in zip(one, two, same_rows, strict=True):
         assert a["prompt_token_ids"] == b["prompt_token_ids"]
         assert a["token_ids"][: tol.steps] == b["token_ids"][: tol.steps]
         for step_a, step_b in zip(a["logprobs"][: tol.steps], b["logprobs"][: tol.steps], strict=True):
-            worst = max(worst, max(abs(step_a[t] - step_b[t]) for t in step_a))
-    print(f"\n[tp] {family}: TP=2 vs TP=1 max |dlogprob| = {worst:.1e}")
-    assert worst <= atol
+            worst[same] = max(worst[same], max(abs(step_a[t] - step_b[t]) for t in step_a))
+    print(f"\n[tp] {family}: TP=2 vs TP=1 max |dlogprob| = {worst[True]:.1e} (same rows, {sum(same_rows)} requests),"
+          f" {worst[False]:.1e} (a near-tie swapped)")
+    assert worst[True] <= atol and worst[False] <= (1e-2 if tol is FLOAT32 else atol)
     # sensitive: the two requests (other images, other budgets) answer differently
     assert one[0]["logprobs"][0] != one[1]["logprobs"][0]
