@@ -39,7 +39,7 @@ bench-chat: env  ## multi-turn chat and same-image workloads: stock vLLM vs zspa
 fixtures: env  ## regenerate the tiny random-weight models under tests/fixtures/models
 	$(PY) scripts/make_fixtures.py
 
-demo-model: env  ## retrain the demo model into server/demo_model (about 20 min on 2 CPUs, deterministic)
+demo-model: env  ## retrain the demo model into server/demo_model (about 20 min on one CPU core, deterministic)
 	$(PY) scripts/train_demo_model.py
 
 eval-demo: env  ## the demo model's accuracy against keep rate per method -> benchmarks/results/demo_accuracy (about 10 min)

@@ -2,8 +2,9 @@
 with 28-pixel patches, 144 image tokens, Llama LLM) that learns to answer questions about
 synthetic scenes of coloured shapes (``zspa_eval/shapes.py``), in two stages as LLaVA is:
 
-1. the vision tower alone learns to say what each patch shows (its colour, its shape, and
-   whether a shape's centre lies in it) through linear heads on the layer LLaVA reads;
+1. the vision tower alone learns to say what each patch shows (its colour, its shape, the
+   two at once, and whether a shape's centre lies in it) through linear heads on the layer
+   LLaVA reads;
 2. the tower is frozen, the heads become the first rows of the projector, and the
    projector and LLM learn to answer.
 
@@ -57,7 +58,7 @@ HEADS = {"colour": 1 + len(COLOURS), "shape": 1 + len(SHAPES), "centre": 2, "com
 CENTRE_WEIGHT = 10.0  # one patch per shape is a centre: weigh them up against the rest
 NAME = "zspa-demo-llava-synthetic-shapes"
 
-# patch 28 (not CLIP-L's 14): 12 x 12 = 144 image tokens, so it trains on 2 CPU cores in
+# patch 28 (not CLIP-L's 14): 12 x 12 = 144 image tokens, so it trains on one CPU core in
 # about 20 minutes; vision_feature_layer stays -2 (the last layer is computed, unused)
 VISION = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, patch_size=28)
 TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32)
@@ -183,7 +184,7 @@ def train(parameters, steps: int, warmup: int, lr: float, loss_of, label: str) -
 
 
 def train_tower(model, heads: torch.nn.ModuleDict, args) -> dict[str, float]:
-    """Stage 1: the tower and its heads learn each patch's colour, shape and centre.
+    """Stage 1: the tower and its heads learn each patch's colour, shape, both and centre.
     Returns the heads' held-out accuracy (colour and shape on shape patches, centres found)."""
     weights = {"centre": torch.tensor([1.0, CENTRE_WEIGHT])}
 
