@@ -97,7 +97,10 @@ async def _turn(client, model, messages, knobs, max_tokens) -> dict:
             "return_token_ids": True, **knobs}
     ttft, usage, prompt_ids, answer = await stream_chat(client, body)
     details = usage.get("prompt_tokens_details") or {}
-    return {"ttft_ms": 1000 * ttft, "prompt_tokens": usage["prompt_tokens"], "cached_tokens": details.get("cached_tokens") or 0,
+    if details.get("cached_tokens") is None:  # a missing count is not "nothing cached"
+        raise RuntimeError(f"the server reported no prompt_tokens_details.cached_tokens (start it with "
+                           f"--enable-prompt-tokens-details): usage {usage}")
+    return {"ttft_ms": 1000 * ttft, "prompt_tokens": usage["prompt_tokens"], "cached_tokens": details["cached_tokens"],
             "prompt_ids": prompt_ids, "answer": answer}
 
 

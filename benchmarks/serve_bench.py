@@ -158,11 +158,14 @@ async def _phase_counters(client) -> dict[str, float | None]:
 async def _phases_after(client, before: dict, requests: int) -> dict:
     """Per-request milliseconds of each phase over one run, from the counters' growth.
     vLLM records a request's histograms as it finishes: wait until all are counted."""
-    for _ in range(50):
+    for _ in range(100):
         after = await _phase_counters(client)
         if (after["prefill_n"] or 0) - (before["prefill_n"] or 0) >= requests:
             break
         await asyncio.sleep(0.1)
+    else:  # a phase table from a partial count would be wrong, not approximate
+        raise RuntimeError(f"vLLM's /metrics counted {after['prefill_n']} - {before['prefill_n']} finished prefills "
+                           f"(vllm:request_prefill_time_seconds_count) 10 s after a run of {requests} requests")
 
     def grew(name):
         return None if after[name] is None or before[name] is None else after[name] - before[name]
@@ -316,7 +319,10 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
 def _with_encoder(result: dict, encoder_ms: float | None) -> dict:
     """The ideal row: TTFT of the l-row prefill plus the full image's encoder time; its
     throughput is not measured (the stock server ran no encoder for it)."""
-    extra = encoder_ms or 0.0
+    if encoder_ms is None:  # without it the row would silently leave the encoder out
+        raise RuntimeError("the ideal row needs the vision encoder's time per request (zspa_vision_encoder_seconds "
+                           "in zspa-serve's /metrics with --phase-timings), which did not arrive")
+    extra = encoder_ms
     return {**result, "ttft_p50_ms": result["ttft_p50_ms"] + extra, "ttft_p95_ms": result["ttft_p95_ms"] + extra,
             "ttft_llm_only_p50_ms": result["ttft_p50_ms"], "encoder_ms": encoder_ms,
             "requests_per_s": None, "output_tokens_per_s": None}
@@ -327,6 +333,8 @@ def _summary(family, label, kind, knobs, runs, kv_tokens, max_tokens, **extra) -
     row = {"family": family, "setting": label, "server": kind, "knobs": knobs, **extra, "runs": runs}
     for metric in runs[0] if runs else ():
         values = [r[metric] for r in runs if r[metric] is not None]
+        if 0 < len(values) < len(runs):  # a repeat without it would be dropped from the median unseen
+            raise RuntimeError(f"[{family}] {label}: {metric} arrived in {len(values)} of {len(runs)} repeats")
         if values:
             row[metric] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     per_request = row["prompt_tokens"]["median"] + max_tokens if "prompt_tokens" in row else None

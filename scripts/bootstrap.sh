@@ -16,7 +16,7 @@ PYTHON=${PYTHON:-python3.11}
 STAMP="$VENV/.zspa-bootstrap-stamp"
 
 inputs_hash() {
-    cat scripts/bootstrap.sh requirements/*.txt requirements/vllm-name/pyproject.toml pyproject.toml | sha256sum | cut -d' ' -f1
+    cat scripts/bootstrap.sh requirements/*.txt requirements/vllm-name/pyproject.toml requirements/triton-interpreter/* pyproject.toml | sha256sum | cut -d' ' -f1
 }
 
 # Debian's docker-compose validates the compose files (tests/deploy); not a pip package.
@@ -60,15 +60,28 @@ echo "bootstrap: the distribution name vllm (no files) for vLLM's command line"
 pip_install --no-deps --no-build-isolation ./requirements/vllm-name
 rm -rf requirements/vllm-name/build  # pip builds local projects in their folder
 
+# vLLM's Model Runner V2 needs Triton, which has no CPU backend here: a stand-in backend
+# and Triton's interpreter, loaded at start-up only when VLLM_USE_V2_MODEL_RUNNER is true
+# (tests/engine/harness.py sets it). Installed here, in the test environment only: the
+# zspa-vllm package must never switch a user's Triton to its interpreter.
+echo "bootstrap: Triton interpreter shim for MRv2 on this CPU (test environment only)"
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp requirements/triton-interpreter/zspa_triton_interpreter.py "$SITE/"
+cp requirements/triton-interpreter/zspa_triton_interpreter.pth "$SITE/"
+
 echo "bootstrap: zspa-vllm with test extras"
 pip_install -c requirements/constraints.txt --no-build-isolation -e ".[test]"
 
 # Fail here, not in the tests, if the stack does not import together.
 "$VENV/bin/python" - <<'EOF'
+import os, subprocess, sys
 import torch, torchvision, vllm, transformers
 from torchvision.transforms.v2 import functional  # noqa: F401  (needs torchvision's ops)
 print(f"bootstrap: torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"vllm {vllm.__version__}, transformers {transformers.__version__}")
+mrv2 = "from vllm.triton_utils.importing import HAS_TRITON; import os; assert HAS_TRITON and os.environ['TRITON_INTERPRET'] == '1'"
+subprocess.run([sys.executable, "-c", mrv2], env={**os.environ, "VLLM_USE_V2_MODEL_RUNNER": "1"}, check=True)
+print("bootstrap: VLLM_USE_V2_MODEL_RUNNER=1 finds Triton (interpreter)")
 EOF
 
 inputs_hash > "$STAMP"

@@ -163,6 +163,12 @@ def own_stats_dir() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    from zspa_vllm.compat import unsupported_reason
+
+    reason = unsupported_reason()
+    if reason is not None:
+        print(f"zspa-serve: {reason}", file=sys.stderr)
+        sys.exit(2)
     vllm_argv = build_vllm_argv(argv)
     enable_plugins()
     own_stats_dir()

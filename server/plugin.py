@@ -40,6 +40,10 @@ class ZspaEndpointPlugin:
     required_tasks = ("generate",)
 
     def attach_router(self, app) -> None:
+        from zspa_vllm.compat import unsupported_reason
+
+        if unsupported_reason() is not None:  # the model plugin stood aside (it logged why)
+            return
         from server.metrics import register_worker_stats_collector
         from server.middleware import ZspaMiddleware
 
@@ -47,8 +51,13 @@ class ZspaEndpointPlugin:
         register_worker_stats_collector()
 
     async def init_state(self, engine_client, state, args) -> None:
+        from zspa_vllm.compat import unsupported_reason
+
         if engine_client is None:  # vLLM's CPU-only render server: nothing to prune
             state.zspa_support = Support(False, "this server has no engine")
+            return
+        if (reason := unsupported_reason()) is not None:
+            state.zspa_support = Support(False, reason)
             return
         config = engine_client.model_config
         support = support_for(list(config.architectures or []), config.model)

@@ -44,13 +44,18 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    from zspa_vllm.compat import logger, unsupported_reason
+
+    reason = unsupported_reason()
+    if reason is not None:  # stand aside: never break a vLLM we are not written for
+        logger.warning(reason)
+        _registered = True
+        return
     from vllm import ModelRegistry
 
     from zspa_vllm import config_checks
-    from zspa_vllm.compat import check_vllm_version
     from zspa_vllm.worker_stats import STATS_DIR_ENV
 
-    check_vllm_version()
     for architecture, target in MODEL_OVERRIDES.items():
         ModelRegistry.register_model(architecture, target)
     config_checks.install(MODEL_OVERRIDES)

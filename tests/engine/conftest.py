@@ -15,6 +15,15 @@ from tests.engine.harness import STOCK_VLLM_PLUGINS, free_engine, start_engine
 
 
 # --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def model_runner(request):
+    """Modules marked ``v1_runner`` start their engines, and their child engines, on vLLM's
+    V1 runner; every other module runs the runner the environment names (harness:
+    MRv2 unless VLLM_USE_V2_MODEL_RUNNER=0)."""
+    with harness.runner("V1" if request.node.get_closest_marker("v1_runner") else None):
+        yield
+
+
 @pytest.fixture(scope="module")
 def stock_engines():
     """``start_engine`` with the zspa plugin excluded through VLLM_PLUGINS; one engine
@@ -67,5 +76,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter):
     if harness.STARTUP_SECONDS:
         terminalreporter.write_sep("-", "vLLM engine start-up (LLM(...) wall time)")
+        runners = [name.rsplit(" ", 1)[-1] for name, _ in harness.STARTUP_SECONDS]
+        terminalreporter.write_line("engines per runner: " + ", ".join(f"{r} {runners.count(r)}" for r in sorted(set(runners))))
         for name, seconds in harness.STARTUP_SECONDS:
             terminalreporter.write_line(f"{name}: {seconds:.1f} s")

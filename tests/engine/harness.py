@@ -36,6 +36,41 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The model runner: vLLM's Model Runner V2 unless the environment says otherwise. It is the
+# GPU default since vLLM 0.32 and the only runner of 0.34, so it is what users run;
+# VLLM_USE_V2_MODEL_RUNNER=0 runs the same tests on the V1 runner. On this CPU MRv2 needs
+# Triton's interpreter and a stand-in "cpu" backend, which only the project's environment
+# installs (requirements/triton-interpreter, scripts/bootstrap.sh): the package never does.
+RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+os.environ.setdefault(RUNNER_ENV, "1")
+
+
+def mrv2_requested() -> bool:
+    return os.environ.get(RUNNER_ENV, "").strip().lower() in ("1", "true")
+
+
+@contextlib.contextmanager
+def runner(name: str | None):
+    """Engines started inside (child engines included) run vLLM's "V1" or "MRv2" model
+    runner; None: the one the environment names."""
+    if name is None:
+        yield
+        return
+    assert name in ("V1", "MRv2"), name
+    old = os.environ.get(RUNNER_ENV)
+    os.environ[RUNNER_ENV] = "1" if name == "MRv2" else "0"
+    try:
+        yield
+    finally:
+        os.environ[RUNNER_ENV] = old if old is not None else "1"
+
+
+if mrv2_requested():
+    try:  # the .pth file loads it at start-up when the variable was set before Python started
+        import zspa_triton_interpreter  # noqa: F401
+    except ImportError as error:
+        raise ImportError("MRv2 on a CPU needs the project environment's Triton interpreter shim: run `make env`") from error
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO_ROOT / "tests" / "fixtures" / "models"
 
@@ -134,11 +169,19 @@ FLOAT32 = Tolerance(schedule=1e-5, hf=1e-4, steps=3)  # observed: 0 and ~1e-6
 # The hybrid Qwen3.5 families run in bfloat16 (vLLM's CPU Gated DeltaNet kernel takes
 # nothing else). Rounding one logit near 1 to bfloat16 moves a logprob by ~4e-3: stock
 # vLLM's own chunked vs unchunked prefill differ by 3.9e-3, vLLM vs transformers by
-# ~5e-3 (observed). Near-ties can then flip a later greedy token: compare the first.
-BFLOAT16 = Tolerance(schedule=1e-2, hf=1.5e-2, steps=1)
+# 4.3e-3..5e-3 (observed). Near-ties can then flip a later greedy token: compare the first.
+# Sensitivity checks must clear 3x these (must_differ_by): wrong M-RoPE positions move
+# Qwen3.5's logprobs by 3.4e-2..6.8e-2.
+BFLOAT16 = Tolerance(schedule=1e-2, hf=1e-2, steps=1)
 # bfloat16: a wrong answer (position rule, image) must land this many times farther from
 # vLLM than the right one (observed: 6-14x)
 SEPARATION = 3
+
+
+def must_differ_by(tol: Tolerance) -> float:
+    """What a sensitivity check's difference must exceed: SEPARATION times the equality
+    tolerance it backs (so bfloat16's 1e-2 needs 3e-2), and never below 1e-3."""
+    return max(1e-3, SEPARATION * tol.schedule)
 
 
 def tolerance(family: str) -> Tolerance:
@@ -194,13 +237,30 @@ def start_engine(family: str, **overrides: Any):
     own = FAMILIES[family].engine if family in FAMILIES else {}
     kwargs = {**ENGINE_KWARGS, **own, **overrides}
     model = kwargs.pop("model", None) or str(fixture_path(family))  # "model": another directory
+    from vllm import envs
+
+    # vLLM caches its environment variables once an engine has started (enable_envs_cache):
+    # read them afresh, so this engine sees the runner (and plugins) the test set now
+    envs.disable_envs_cache()
     t0 = time.perf_counter()
     llm = LLM(model=model, **kwargs)
     seconds = time.perf_counter() - t0
+    runner = runner_of(llm)
+    assert runner == ("MRv2" if mrv2_requested() else "V1"), f"{RUNNER_ENV}={os.environ.get(RUNNER_ENV)!r} but the engine runs {runner}"
     _active["llm"], _active["name"] = llm, family
-    STARTUP_SECONDS.append((family, seconds))
-    print(f"\n[engine] {family}: LLM(...) start-up {seconds:.1f} s")
+    STARTUP_SECONDS.append((f"{family} ({runner})", seconds))
+    print(f"\n[engine] {family}: LLM(...) start-up {seconds:.1f} s, {runner} runner")
     return llm, seconds
+
+
+def runner_of(llm) -> str:
+    """The model runner the in-process engine's worker really built: "MRv2" or "V1"."""
+    from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
+
+    def kind(worker):
+        return "MRv2" if isinstance(worker.model_runner, V2Runner) else "V1"
+
+    return llm.collective_rpc(kind)[0]
 
 
 def model_class_of(llm) -> type:
@@ -239,8 +299,19 @@ def sampling(max_tokens: int = 3, logprobs: int = -1, **kw):
 
 
 def step_logprobs(output, step: int = 0) -> dict[int, float]:
-    """token id -> logprob of the returned candidates at generated position ``step``."""
-    return {tid: lp.logprob for tid, lp in output.outputs[0].logprobs[step].items()}
+    """token id -> logprob of the returned candidates at generated position ``step``, of a
+    RequestOutput or of a record from tests/engine/stock_reference.py."""
+    if isinstance(output, dict):
+        out = {int(t): lp for t, lp in output["logprobs"][step].items()}
+    else:
+        out = {tid: lp.logprob for tid, lp in output.outputs[0].logprobs[step].items()}
+    # a NaN never passes: max() and every comparison would quietly skip it
+    assert not any(math.isnan(lp) for lp in out.values()), f"NaN logprobs at generated position {step}"
+    return out
+
+
+def generated_ids(output) -> list[int]:
+    return list(output["token_ids"]) if isinstance(output, dict) else list(output.outputs[0].token_ids)
 
 
 def logprobs_max_diff(a, b, steps: int = 1) -> float:
@@ -254,7 +325,36 @@ def logprobs_max_diff(a, b, steps: int = 1) -> float:
         if la.keys() != lb.keys():
             return math.inf
         worst = max(worst, max(abs(la[t] - lb[t]) for t in la))
-        if a.outputs[0].token_ids[s] != b.outputs[0].token_ids[s]:
+        if generated_ids(a)[s] != generated_ids(b)[s]:
+            break
+    return worst
+
+
+def top2_margin(output, step: int = 0) -> float:
+    """How far the greedy token's logprob is above the runner-up's at ``step``."""
+    top = sorted(step_logprobs(output, step).values(), reverse=True)
+    return top[0] - top[1]
+
+
+def assert_same_answer(a, b, atol: float, steps: int) -> float:
+    """``a`` and ``b`` (outputs or stock records, full-vocabulary logprobs) answer alike:
+    every logprob within ``atol`` over the first ``steps`` positions, and the same greedy
+    token wherever it was not a near-tie. Each logprob may move by ``atol``, so a greedy
+    pick whose top-2 margin is at most 2 * atol may flip within the tolerance (bfloat16
+    fixtures have margins of 1e-3; with every logprob within ``atol`` no wider margin can
+    flip, the margin assertion states it): the flipped position's logprobs are still
+    compared whole, later positions, whose contexts differ, are not. Returns the largest
+    difference seen."""
+    worst = 0.0
+    for s in range(steps):
+        la, lb = step_logprobs(a, s), step_logprobs(b, s)
+        assert la.keys() == lb.keys(), f"position {s}: other candidate sets"
+        worst = max(worst, max(abs(la[t] - lb[t]) for t in la))
+        assert worst <= atol, f"position {s}: |dlogprob| {worst:.2e} > {atol:.0e}"
+        if generated_ids(a)[s] != generated_ids(b)[s]:
+            margin = top2_margin(a, s)
+            assert margin <= 2 * atol, f"position {s}: greedy {generated_ids(a)[s]} vs {generated_ids(b)[s]} with a top-2 margin {margin:.2e} > 2 x {atol:.0e}"
+            print(f"[near-tie] position {s}: greedy {generated_ids(a)[s]} vs {generated_ids(b)[s]}, margin {margin:.1e}")
             break
     return worst
 

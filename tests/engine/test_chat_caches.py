@@ -24,7 +24,6 @@ from zspa_vllm.prune import num_kept, select_tokens
 pytestmark = pytest.mark.engine
 
 KEEP = 0.25
-DIFF_MIN = 1e-3  # what a real difference moves some logprob by, at least
 SIZE = (1024, 768)  # n = 576 / 2340 / 999 / 768: the pruned image spans whole KV blocks
 # Qwen3.5 (hybrid): vLLM's KV blocks are 256 tokens there (see test_zspa_qwen.py), so the
 # turn-1 image is larger: n = 1200, 300 kept
@@ -133,10 +132,7 @@ def same_output(a, b, family) -> float:
     family's tolerance: float32 1e-5, bfloat16 rounding for Qwen3.5)."""
     tol = harness.tolerance(family)
     assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
-    assert list(a.outputs[0].token_ids)[: tol.steps] == list(b.outputs[0].token_ids)[: tol.steps]
-    diff = harness.logprobs_max_diff(a, b, tol.steps)
-    assert diff <= tol.schedule, diff
-    return diff
+    return harness.assert_same_answer(a, b, tol.schedule, tol.steps)
 
 
 def three_turns(family):
@@ -244,7 +240,7 @@ def test_same_image_many_questions_encodes_once(engines):
         diffs.append(same_output(out, ref, family))
         spread = max(spread, harness.logprobs_max_diff(outs[0], ref, 1) if question != QUESTIONS[0] else 0.0)
     assert vision_tower_calls(llm, family) - runs_before == len(QUESTIONS)  # no cache here
-    assert spread > DIFF_MIN  # the comparison sees the question
+    assert spread > harness.must_differ_by(harness.tolerance(family))  # the comparison sees the question
     print(f"\n[{family}] 8 questions, one image: 1 encoder run (uncached: 8); {len(set(kept_sets))} distinct "
           f"kept sets; max |dlogprob| vs uncached {max(diffs):.1e}, across questions {spread:.1e}")
 
@@ -276,6 +272,7 @@ def test_precomputed_embeddings_are_selected_like_pixels(engines):
     # sensitivity: the same embeddings unpruned make a longer prompt and other logprobs
     unpruned, none = generate(embeds)
     assert not none and len(unpruned.prompt_token_ids) > len(given.prompt_token_ids)
+    assert harness.logprobs_max_diff(unpruned, given) > harness.must_differ_by(harness.tolerance(family))
 
 
 def embeddings_of(llm, family, image):

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.engine.harness import REPO_ROOT, fixture_path
+from tests.engine.harness import FAMILIES, REPO_ROOT, fixture_path
 
 pytestmark = pytest.mark.engine
 
@@ -25,7 +25,12 @@ CASES = {
     "qwen tp=2": ("qwen2.5-vl", {"tensor_parallel_size": 2}),
     "qwen plain": ("qwen2.5-vl", {}),
     "qwen2 pp=2": ("qwen2-vl", {"pipeline_parallel_size": 2}),
+    # every M-RoPE family the README names, and tower LoRA beyond LLaVA
+    **{f"{family} pp=2": (family, {"pipeline_parallel_size": 2}) for family in ("qwen3-vl", "qwen3-vl-moe", "qwen3.5", "qwen3.5-moe")},
+    **{f"{family} evs": (family, {"video_pruning_rate": 0.5}) for family in ("qwen3-vl", "qwen3.5")},
+    "qwen tower lora": ("qwen2.5-vl", {"enable_lora": True, "enable_tower_connector_lora": True}),
 }
+ARCH = {family: FAMILIES[family].architecture for family in FAMILIES}
 
 CHILD = """
 import json, sys
@@ -60,6 +65,11 @@ def test_settings_that_would_misplace_pruned_tokens_are_refused_at_start_up():
     assert "zspa-vllm cannot serve Qwen2VLForConditionalGeneration with pipeline_parallel_size=2" in refused["qwen2 pp=2"]
     assert "video_pruning_rate=0.5" in refused["qwen evs"]
     assert "zspa-vllm cannot serve LlavaForConditionalGeneration with enable_tower_connector_lora" in refused["llava tower lora"]
+    for family in ("qwen3-vl", "qwen3-vl-moe", "qwen3.5", "qwen3.5-moe"):
+        assert f"zspa-vllm cannot serve {ARCH[family]} with pipeline_parallel_size=2" in refused[f"{family} pp=2"]
+    for family in ("qwen3-vl", "qwen3.5"):
+        assert f"zspa-vllm cannot serve {ARCH[family]} with video_pruning_rate=0.5" in refused[f"{family} evs"]
+    assert "zspa-vllm cannot serve Qwen2_5_VLForConditionalGeneration with enable_tower_connector_lora" in refused["qwen tower lora"]
     for accepted in ("llava pp=2", "qwen tp=2", "qwen plain"):
         assert refused[accepted] is None, refused[accepted]
 

@@ -11,7 +11,7 @@ from tests.engine.stock_reference import request_messages, stock_outputs
 from zspa_vllm import observe
 from zspa_vllm.prune import num_kept, select_tokens
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.v1_runner]  # the V1 runner's LLaVA-1.5 battery (MRv2: test_one_run_families and the rest)
 
 FAMILY = "llava-1.5"
 N = 576  # CLIP 336/14, CLS dropped: every image

@@ -1,5 +1,6 @@
 """The installed distribution: entry point, registration, version pin."""
 
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -65,7 +66,79 @@ def test_other_vllm_versions_are_refused_by_name(version):
         check_vllm_version(version)
 
 
+STAND_ASIDE_CHECK = """
+import sys, vllm
+vllm.__version__ = sys.argv[1]  # what a newer or older vLLM reports
+import zspa_vllm
+from vllm import ModelRegistry
+before = {a: (m.module_name, m.class_name) for a, m in ModelRegistry.models.items()}
+zspa_vllm.register()
+zspa_vllm.register()
+after = {a: (m.module_name, m.class_name) for a, m in ModelRegistry.models.items()}
+print(repr((before == after, sorted(k for k in sys.modules if k.startswith("zspa_vllm.")))))
+"""
+
+
+@pytest.mark.parametrize("version", ["0.31.2", "0.35.0"])
+def test_next_to_another_vllm_the_plugin_registers_nothing_and_says_so_once(version):
+    # vLLM calls general plugins without a try: raising would kill every vLLM process
+    out = subprocess.run([sys.executable, "-c", STAND_ASIDE_CHECK, version], capture_output=True, text=True, check=True)
+    unchanged, imported = eval(out.stdout.strip().splitlines()[-1])
+    assert unchanged
+    assert imported == ["zspa_vllm.compat"]  # nothing else of ours loaded
+    warnings = [line for line in out.stderr.splitlines() if "registers nothing" in line]
+    assert len(warnings) == 1, out.stderr
+    assert f"found vLLM {version}" in warnings[0] and "supports vLLM 0.32.x" in warnings[0]
+
+
+def test_the_supported_vllm_registers_our_models():
+    # the sensitivity of the check above: the same script at the installed version changes the registry
+    out = subprocess.run([sys.executable, "-c", STAND_ASIDE_CHECK, installed_vllm_version()], capture_output=True, text=True, check=True)
+    unchanged, _ = eval(out.stdout.strip().splitlines()[-1])
+    assert not unchanged
+    assert "registers nothing" not in out.stderr
+
+
+ZSPA_SERVE_CHECK = """
+import sys, vllm
+vllm.__version__ = "0.35.0"
+from server.cli import main
+main(["--demo"])
+"""
+
+
+def test_zspa_serve_exits_2_next_to_another_vllm():
+    out = subprocess.run([sys.executable, "-c", ZSPA_SERVE_CHECK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "zspa-serve: zspa-vllm" in out.stderr and "found vLLM 0.35.0" in out.stderr
+
+
 def test_distribution_metadata():
     assert metadata.version("zspa-vllm") == zspa_vllm.__version__
     requires = SpecifierSet(metadata.metadata("zspa-vllm")["Requires-Python"])
     assert "3.11.7" in requires and "3.10.12" not in requires
+
+
+def test_every_run_has_a_per_test_timeout_and_reports_durations(pytestconfig):
+    assert float(pytestconfig.getini("timeout")) == 900
+    assert pytestconfig.option.durations == 30
+
+
+INTERPRETER_CHECK = """
+import os, sys, zspa_vllm
+zspa_vllm.register()
+from vllm.triton_utils.importing import HAS_TRITON
+print(repr(("zspa_triton_interpreter" in sys.modules, os.environ.get("TRITON_INTERPRET"), HAS_TRITON)))
+"""
+
+
+def test_the_package_never_switches_triton_to_its_interpreter():
+    # the MRv2-on-CPU shim belongs to the test environment (scripts/bootstrap.sh), loaded
+    # only when VLLM_USE_V2_MODEL_RUNNER is set; the plugin alone leaves Triton as it is
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_USE_V2_MODEL_RUNNER", "TRITON_INTERPRET")}
+    out = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, check=True, env=env)
+    assert eval(out.stdout.strip().splitlines()[-1]) == (False, None, False)
+    out = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, check=True, env={**env, "VLLM_USE_V2_MODEL_RUNNER": "1"})
+    assert eval(out.stdout.strip().splitlines()[-1]) == (True, "1", True)
+    installed = [str(f) for f in metadata.files("zspa-vllm") or []]
+    assert installed and not any("triton" in f for f in installed)

@@ -175,6 +175,29 @@ def test_runner_internals_the_mrope_hooks_rely_on():
     assert "self.model.recompute_mrope_positions(" in source
 
 
+def test_mrv2_internals_the_pruner_hook_relies_on():
+    """zspa_vllm.runner_hooks, Model Runner V2 side: vLLM's CPU runner is MRv2's GPU
+    runner; the default model state binds maybe_create_mm_pruner by name at import (so
+    the hook replaces it in both modules) and creates the pruner only for EVS; the pruner
+    recomputes positions through the model and strip() cuts rows to the width it is given
+    (ours keeps Qwen3-VL's deepstack columns)."""
+    from vllm.v1.worker.cpu.model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu import model_runner
+    from vllm.v1.worker.gpu.model_states import default, mm_pruning
+
+    assert issubclass(CPUModelRunner, model_runner.GPUModelRunner)
+    default_source = inspect.getsource(default)
+    assert "from vllm.v1.worker.gpu.model_states.mm_pruning import maybe_create_mm_pruner" in default_source
+    assert "self.mm_pruner = maybe_create_mm_pruner(" in default_source
+    assert "mm_embeds = self.mm_pruner.recompute(mm_embeds, input_batch, req_states)" in default_source
+    create = inspect.getsource(inspect.unwrap(mm_pruning.maybe_create_mm_pruner))
+    assert "not model_config.multimodal_config.is_multimodal_pruning_enabled()" in create
+    pruner = inspect.getsource(mm_pruning.MultiModalPruner)
+    assert "self.model.recompute_mrope_positions(" in pruner
+    assert "mm[:, : self.inputs_embeds_size]" in pruner
+    assert "self.rope_state.update_prefill_positions(req_idx, new_positions, delta)" in pruner
+
+
 def test_config_hooks_map_still_exists():
     """zspa_vllm.config_checks puts its refusals into this per-architecture map, which
     VllmConfig consults while it is built."""
