@@ -1,6 +1,7 @@
 """The families pruned through zspa_vllm.one_run (one run of embed positions per item),
-on a real vLLM engine with their tiny random-weight fixtures: the battery LLaVA-NeXT
-passes, written once for all of them.
+on a real vLLM engine with their tiny random-weight fixtures: one battery for all of them
+(LLaVA-1.5 and LLaVA-NeXT included: their pruned logprobs against transformers fed the
+kept rows are checked here).
 
 Per family: one plugin engine (prefix caching on, unchunked) serves the module's tests,
 one more (chunked prefill of 64 tokens, prefix caching off) answers the same two
@@ -78,7 +79,28 @@ def _internvl_hf_rows(model, inputs):
     return tiles.reshape(-1, tiles.shape[-1])  # the tiles in order, thumbnail last
 
 
+def _llava_hf_rows(model, inputs):
+    config = model.config
+    return model.model.get_image_features(
+        pixel_values=inputs["pixel_values"],
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    ).pooler_output[0]
+
+
+def _llava_next_hf_rows(model, inputs):
+    config = model.config
+    return model.model.get_image_features(
+        pixel_values=inputs["pixel_values"],
+        image_sizes=inputs["image_sizes"],
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    ).pooler_output[0]  # base view, then the unpadded grid with a newline row end each
+
+
 SPECS = {
+    "llava-1.5": Spec(((336, 336), (640, 480)), _llava_hf_rows),
+    "llava-next": Spec(((500, 300), (1024, 768)), _llava_next_hf_rows),
     "llava-onevision": Spec(((384, 384), (1024, 768)), _onevision_hf_rows),
     "gemma3": Spec(((384, 384), (1024, 768)), _gemma3_hf_rows, _gemma3_hf_forward, bidirectional=True),
     "internvl": Spec(((384, 384), (1024, 768)), _internvl_hf_rows),
@@ -259,6 +281,10 @@ def test_pruned_logprobs_equal_transformers_fed_the_kept_rows(family, engine, hf
         assert both_ways > DIFF_MIN
 
 
+def test_only_gemma3_asks_for_bidirectional_image_attention(family, engine):
+    assert engine.llm_engine.vllm_config.model_config.is_mm_prefix_lm == SPECS[family].bidirectional
+
+
 def test_bidirectional_block_is_the_shortened_run(family, engine, image_token):
     """vLLM's GPU runners build each image's bidirectional block from its placeholder's
     embed range (gpu_model_runner: extract_embeds_range; pinned in test_upstream_hooks);
@@ -266,9 +292,8 @@ def test_bidirectional_block_is_the_shortened_run(family, engine, image_token):
     scheduler holds are exactly each image's shortened run."""
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
-    assert engine.llm_engine.vllm_config.model_config.is_mm_prefix_lm == SPECS[family].bidirectional
     if not SPECS[family].bidirectional:
-        return  # causal image tokens everywhere: no block to follow
+        pytest.skip(f"{family}'s image tokens attend causally: no block to follow")
     assert not CPUAttentionBackend.supports_mm_prefix()
     scheduler = harness.scheduler_of(engine)
     seen = []

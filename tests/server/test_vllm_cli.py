@@ -57,6 +57,36 @@ def test_vllm_serve_prunes_with_the_plugin(tmp_path):
         server.stop()
 
 
+def test_vllm_serve_with_our_endpoint_plugin_is_zspa_serve_without_the_knobs_only_rule(tmp_path):
+    """The README's ``VLLM_PLUGINS=zspa,zspa_server vllm serve MODEL --trust-request-mm-kwargs``:
+    the request layer loads (top-level knobs, kept counts in the usage, a bad knob is a
+    400 naming it), and the user's own trust flag lets other processor kwargs through,
+    which zspa-serve (knobs only) refuses."""
+    args = [demo.model_path(), "--max-model-len", "4096", "--dtype", "float32", "--enforce-eager", "--api-key", API_KEY,
+            "--trust-request-mm-kwargs"]
+    env = {**SERVER_ENV, "VLLM_PLUGINS": "zspa,zspa_server"}
+    server = ServerProcess(args, tmp_path / "vllm-serve.log", env=env, program=[VLLM, "serve"])
+    try:
+        server.wait_healthy(timeout=600)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        model = httpx.get(f"{server.base_url}/v1/models", headers=headers).json()["data"][0]["id"]
+
+        def post(**extra) -> httpx.Response:
+            return httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(model, 1, **extra), headers=headers, timeout=300)
+
+        pruned = post(keep_rate=0.25)
+        assert pruned.status_code == 200, pruned.text
+        usage = pruned.json()["usage"]
+        assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (N, num_kept(N, 0.25))
+        bad = post(keep_rate=2)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_rate", bad.text
+        other = post(mm_processor_kwargs={"keep_rate": 0.25, "do_normalize": True})  # an HF image-processor kwarg
+        assert other.status_code == 200, other.text
+        assert other.json()["usage"]["visual_tokens_kept"] == num_kept(N, 0.25)
+    finally:
+        server.stop()
+
+
 def test_vllm_bench_serve_against_zspa_serve(server, model, tmp_path):
     def prompt_tokens_total() -> float:
         text = httpx.get(f"{server.base_url}/metrics").text
