@@ -10,6 +10,19 @@ from server import demo
 from server.cli import build_vllm_argv, enable_plugins, vllm_parser
 
 
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """build_vllm_argv sets variables for the server's processes (ZSPA_KNOBS_ONLY_MM_KWARGS,
+    ZSPA_ENCODER_CACHE_MIB, ...); run in this process, they must not reach later tests'
+    servers (a leaked knobs-only flag made plain vllm serve refuse other kwargs)."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def parsed(argv):
     vllm_argv = build_vllm_argv(argv)
     assert vllm_argv[0] == "serve"

@@ -16,6 +16,7 @@ import pytest
 
 from server import demo
 from server.launch import ServerProcess
+from server.middleware import KNOBS_ONLY_ENV
 from tests.server.conftest import API_KEY, SERVER_ENV, chat_body
 from zspa_vllm.prune import num_kept
 
@@ -64,7 +65,7 @@ def test_vllm_serve_with_our_endpoint_plugin_is_zspa_serve_without_the_knobs_onl
     which zspa-serve (knobs only) refuses."""
     args = [demo.model_path(), "--max-model-len", "4096", "--dtype", "float32", "--enforce-eager", "--api-key", API_KEY,
             "--trust-request-mm-kwargs"]
-    env = {**SERVER_ENV, "VLLM_PLUGINS": "zspa,zspa_server"}
+    env = {**SERVER_ENV, "VLLM_PLUGINS": "zspa,zspa_server", KNOBS_ONLY_ENV: ""}  # only zspa-serve sets it
     server = ServerProcess(args, tmp_path / "vllm-serve.log", env=env, program=[VLLM, "serve"])
     try:
         server.wait_healthy(timeout=600)
