@@ -58,15 +58,21 @@ def _gemma3_hf_forward(image_mask):
     return {"token_type_ids": image_mask.long()[None]}
 
 
-def _onevision_hf_rows(model, inputs):
+def _anyres_hf_rows(model, inputs, **extra):
+    """LLaVA-NeXT / OneVision: the base view, then the unpadded grid with a newline row
+    end each (OneVision pools it first: ``vision_aspect_ratio``)."""
     config = model.config
     return model.model.get_image_features(
         pixel_values=inputs["pixel_values"],
         image_sizes=inputs["image_sizes"],
         vision_feature_layer=config.vision_feature_layer,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        vision_aspect_ratio=config.vision_aspect_ratio,
+        **extra,
     ).pooler_output[0]
+
+
+def _onevision_hf_rows(model, inputs):
+    return _anyres_hf_rows(model, inputs, vision_aspect_ratio=model.config.vision_aspect_ratio)
 
 
 def _internvl_hf_rows(model, inputs):
@@ -88,19 +94,9 @@ def _llava_hf_rows(model, inputs):
     ).pooler_output[0]
 
 
-def _llava_next_hf_rows(model, inputs):
-    config = model.config
-    return model.model.get_image_features(
-        pixel_values=inputs["pixel_values"],
-        image_sizes=inputs["image_sizes"],
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-    ).pooler_output[0]  # base view, then the unpadded grid with a newline row end each
-
-
 SPECS = {
     "llava-1.5": Spec(((336, 336), (640, 480)), _llava_hf_rows),
-    "llava-next": Spec(((500, 300), (1024, 768)), _llava_next_hf_rows),
+    "llava-next": Spec(((500, 300), (1024, 768)), _anyres_hf_rows),
     "llava-onevision": Spec(((384, 384), (1024, 768)), _onevision_hf_rows),
     "gemma3": Spec(((384, 384), (1024, 768)), _gemma3_hf_rows, _gemma3_hf_forward, bidirectional=True),
     "internvl": Spec(((384, 384), (1024, 768)), _internvl_hf_rows),
