@@ -1,9 +1,12 @@
-# zspa-serve on vLLM's official OpenAI server image, pinned to the vLLM we test (0.32.0).
-#   docker build -t zspa-vllm .
+# zspa-serve on vLLM's official OpenAI server image, of a vLLM the plugin supports
+# (0.32.0, 0.33.0 or 0.34.0: zspa_vllm/compat.py; the build fails on any other).
+#   docker build -t zspa-vllm .                                   # vLLM 0.34.0
+#   docker build --build-arg VLLM_VERSION=0.33.0 -t zspa-vllm .   # or 0.32.0
 #   docker run --gpus all --ipc=host -p 8000:8000 -v hf-cache:/home/zspa/.cache/huggingface \
 #     zspa-vllm Qwen/Qwen2.5-VL-7B-Instruct --keep-rate 0.25
-# CPU: build with --build-arg BASE_IMAGE=public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0
-ARG BASE_IMAGE=vllm/vllm-openai:v0.32.0
+# CPU (vllm-cpu stops at 0.32): --build-arg BASE_IMAGE=public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0
+ARG VLLM_VERSION=0.34.0
+ARG BASE_IMAGE=vllm/vllm-openai:v${VLLM_VERSION}
 FROM ${BASE_IMAGE}
 
 # Only what the package needs: no tests, no fixtures but the demo model (server/demo_model).
@@ -15,7 +18,10 @@ COPY zspa_eval ./zspa_eval
 
 # vLLM, torch and the HTTP stack come with the base image: install ours without deps, as
 # a regular (not editable) package, and leave no build files behind.
+# The base image's vLLM must be one we support: else the plugin would stand aside and the
+# image would serve unpruned.
 RUN python3 -m pip install --no-cache-dir --no-deps /opt/zspa-vllm \
+    && python3 -c "from zspa_vllm.compat import check_vllm_version; check_vllm_version()" \
     && rm -rf /opt/zspa-vllm/build /opt/zspa-vllm/*.egg-info \
     && useradd --no-log-init --create-home --uid 10001 zspa
 

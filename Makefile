@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures demo-model eval-demo clean
+VLLM ?=
+
+.PHONY: check-upstream env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures demo-model eval-demo clean
 
 env:  ## create/refresh .venv (seconds when nothing changed)
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -35,6 +37,10 @@ bench-video: env  ## a video workload: stock vLLM vs zspa-serve vs vLLM's EVS, Q
 
 bench-chat: env  ## multi-turn chat and same-image workloads: stock vLLM vs zspa-serve (about 60 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --workload chat --scale 0 --repeats 3 --warmup 1
+
+check-upstream: env  ## which of the plugin's reliances on vLLM internals a release changed, from its sources (no install): make check-upstream VLLM=0.35.0
+	@test -n "$(VLLM)" || { echo "usage: make check-upstream VLLM=X.Y.Z"; exit 2; }
+	ZSPA_UPSTREAM_VLLM=$(VLLM) $(PY) -m pytest -q -p no:cacheprovider -o addopts="" --tb=line -rf tests/unit/test_upstream_sources.py
 
 fixtures: env  ## regenerate the tiny random-weight models under tests/fixtures/models
 	$(PY) scripts/make_fixtures.py

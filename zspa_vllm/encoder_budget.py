@@ -18,12 +18,19 @@ processor cache does to the item's data (with ``mm_processor_cache_type=shm`` th
 core sees only a shared-memory address), so it travels in the item's identity: a pruned
 item's hash ends in ``UNPRUNED_TAG`` + its unpruned token count (``tag``). Items without
 the tag (unpruned, stock) are charged as vLLM charges them.
+
+An item left for a later step is cut as each release's own over-budget branch cuts it
+(``tokens_before_item``). vLLM 0.34 requeues a prompt that must be prefilled whole
+(chunked prefill off) when its encoder inputs would cut it; a request that opens a step
+is therefore never cut there (``must_stay_whole``), or it would be requeued at every step.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+
+from zspa_vllm import compat
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,22 @@ def admits(cost: int, pruned: bool, charged: int, budget_left: int, token_budget
     return not pruned or charged + cost <= token_budget
 
 
+def tokens_before_item(start_pos: int, num_computed_tokens: int, shift: int, num_new_tokens: int, version=None) -> int:
+    """The step's tokens a request keeps when the item at ``start_pos`` is not encoded this
+    step: vLLM's own over-budget branch of ``_try_schedule_encoder_inputs``, per release."""
+    if compat.since(compat.ROLLBACK_KEEPS_DRAFTER_SHIFT, version):  # 0.32
+        done = num_computed_tokens + shift
+        return min(num_new_tokens, start_pos - done) if done < start_pos else 0
+    return min(num_new_tokens, start_pos - num_computed_tokens) if num_computed_tokens < start_pos else 0
+
+
+def must_stay_whole(opens_step: bool, chunked_prefill: bool, version=None) -> bool:
+    """Whether a request's encoder inputs must all go this step: a prompt that needs a
+    whole prefill (chunked prefill off) and opens the step, on a vLLM that requeues a cut
+    one (it would be cut again at every step, and never run)."""
+    return opens_step and not chunked_prefill and compat.since(compat.REQUEUES_CUT_WHOLE_PROMPTS, version)
+
+
 class ChargeUnprunedMixin:
     """Mix in before vLLM's ``Scheduler`` (or ``AsyncScheduler``)."""
 
@@ -76,16 +99,19 @@ class ChargeUnprunedMixin:
         scheduled, num_new_tokens, _, external, duplicates = super()._try_schedule_encoder_inputs(
             request, num_computed_tokens, num_new_tokens, encoder_compute_budget, shift_computed_tokens
         )
+        whole = must_stay_whole(
+            encoder_compute_budget == self.max_num_encoder_input_tokens, self.scheduler_config.enable_chunked_prefill
+        )
         budget = encoder_compute_budget
         for position, i in enumerate(scheduled):
             feature = request.mm_features[i]
             cost = encoder_cost(feature)
             charged = self.max_num_encoder_input_tokens - budget
             pruned = unpruned_count(feature.identifier) is not None
-            if not admits(cost, pruned, charged, budget, self.max_num_scheduled_tokens):
-                start_pos = feature.mm_position.offset
-                done = num_computed_tokens + shift_computed_tokens
-                num_new_tokens = min(num_new_tokens, start_pos - done) if done < start_pos else 0
+            if not whole and not admits(cost, pruned, charged, budget, self.max_num_scheduled_tokens):
+                num_new_tokens = tokens_before_item(
+                    feature.mm_position.offset, num_computed_tokens, shift_computed_tokens, num_new_tokens
+                )
                 scheduled = scheduled[:position]
                 external = [j for j in external if j < i]
                 duplicates = [j for j in duplicates if j < i]

@@ -61,7 +61,13 @@ def test_dockerfile_runs_zspa_serve_with_arguments_it_accepts():
     args = zspa_serve_accepts(_instruction(dockerfile, "CMD"))
     assert args.model_tag.endswith("demo_model")
     text = dockerfile.read_text()
-    assert re.search(r"^ARG BASE_IMAGE=vllm/vllm-openai:v0\.32\.0$", text, re.M)  # the vLLM we test
+    # the base image is vLLM's, of the newest release we support, and the build refuses others
+    from tests.upstream.pins import RELEASES
+    from zspa_vllm.compat import SUPPORTED_SERIES
+
+    assert re.search(rf"^ARG VLLM_VERSION={re.escape(RELEASES[SUPPORTED_SERIES[-1]])}$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=vllm/vllm-openai:v\$\{VLLM_VERSION\}$", text, re.M)
+    assert "check_vllm_version()" in text
     assert re.search(r"^USER \d+$", text, re.M) and "HEALTHCHECK" in text and "/health" in text
 
 
@@ -93,6 +99,7 @@ def test_compose_passes_zspa_serve_arguments_it_accepts(compose):
     assert service["restart"] == "unless-stopped"
     assert any(v.split(":")[1] == "/home/zspa/.cache/huggingface" for v in service["volumes"])  # the image's HF_HOME
     if path.name == "docker-compose.yml":
+        assert service["build"]["args"]["VLLM_VERSION"] == env["VLLM_VERSION"]
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     else:

@@ -9,7 +9,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 import zspa_vllm
-from zspa_vllm.compat import check_vllm_version, installed_vllm_version
+from zspa_vllm.compat import unsupported_reason, check_vllm_version, installed_vllm_version
 
 
 def test_entry_point_is_declared_for_vllm():
@@ -60,10 +60,32 @@ def test_installed_vllm_is_the_pinned_series():
     assert installed_vllm_version().startswith("0.32.")
 
 
-@pytest.mark.parametrize("version", ["0.31.2", "0.33.0", "1.0.0"])
+@pytest.mark.parametrize("version", ["0.31.2", "0.35.0", "1.0.0", "0.3.2"])
 def test_other_vllm_versions_are_refused_by_name(version):
     with pytest.raises(RuntimeError, match=f"found vLLM {version}"):
         check_vllm_version(version)
+
+
+@pytest.mark.parametrize("version", ["0.32.0", "0.32.0+cpu", "0.33.0", "0.33.1", "0.34.0", "0.34.2+cu130"])
+def test_every_supported_series_is_accepted(version):
+    assert unsupported_reason(version) is None
+
+
+def test_a_version_difference_is_looked_up_by_series():
+    """zspa_vllm.compat: each table maps the first series a fact holds for to the fact."""
+    from zspa_vllm import compat
+
+    assert compat.since(compat.LOCATIONS["make_arg_parser"], "0.32.0").startswith("vllm.entrypoints.launchers.")
+    assert compat.since(compat.LOCATIONS["make_arg_parser"], "0.33.0").startswith("vllm.entrypoints.common.")
+    assert compat.since(compat.LOCATIONS["make_arg_parser"], "0.34.1") == compat.LOCATIONS["make_arg_parser"]["0.33"]
+    assert compat.since(compat.LOCATIONS["Qwen3_5ForConditionalGeneration"], "0.33.0").startswith("vllm.model_executor.")
+    assert compat.since(compat.LOCATIONS["Qwen3_5ForConditionalGeneration"], "0.34.0").startswith("vllm.models.qwen3_5:")
+    assert len(compat.since(compat.PRUNER_FACTORIES, "0.33.0")) == 1
+    assert len(compat.since(compat.PRUNER_FACTORIES, "0.34.0")) == 2
+    with pytest.raises(LookupError, match="0.31"):
+        compat.since(compat.LOCATIONS["make_arg_parser"], "0.31.0")
+    # the installed release resolves to real objects
+    assert callable(compat.vllm_object("make_arg_parser")) and callable(compat.vllm_object("cli_env_setup"))
 
 
 STAND_ASIDE_CHECK = """
@@ -88,7 +110,7 @@ def test_next_to_another_vllm_the_plugin_registers_nothing_and_says_so_once(vers
     assert imported == ["zspa_vllm.compat"]  # nothing else of ours loaded
     warnings = [line for line in out.stderr.splitlines() if "registers nothing" in line]
     assert len(warnings) == 1, out.stderr
-    assert f"found vLLM {version}" in warnings[0] and "supports vLLM 0.32.x" in warnings[0]
+    assert f"found vLLM {version}" in warnings[0] and "supports vLLM 0.32.x, 0.33.x, 0.34.x" in warnings[0]
 
 
 def test_the_supported_vllm_registers_our_models():

@@ -10,13 +10,17 @@ at block boundaries only, "align" mode) is covered in tests/engine/test_zspa_qwe
 
 from __future__ import annotations
 
-from vllm.model_executor.models.qwen3_5 import Qwen3_5ForConditionalGeneration, Qwen3_5ProcessingInfo
+from vllm.model_executor.models.qwen3_5 import Qwen3_5ProcessingInfo
 from vllm.model_executor.models.qwen3_vl import Qwen3VLDummyInputsBuilder
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from zspa_vllm.compat import vllm_object
 from zspa_vllm.models.qwen import Qwen3PruningModelMixin
 from zspa_vllm.models.qwen3_vl import ZspaQwen3VLMultiModalProcessor
 from zspa_vllm.processor import PruningInfoMixin
+
+# the class vLLM registers for the architecture on this release and platform
+Qwen3_5ForConditionalGeneration = vllm_object("Qwen3_5ForConditionalGeneration")
 
 
 class ZspaQwen3_5ProcessingInfo(PruningInfoMixin, Qwen3_5ProcessingInfo):
