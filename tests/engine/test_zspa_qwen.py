@@ -494,6 +494,7 @@ def test_without_the_mrv2_pruner_hook_positions_are_wrong(engines, hf, zspa_engi
         pytest.skip("an MRv2 hook: this run uses the V1 runner (VLLM_USE_V2_MODEL_RUNNER=0)")
     from vllm.v1.worker.gpu.model_states import default, mm_pruning
 
+    engines.get("main")  # the hook is installed by the first of our models a process builds
     hooked = mm_pruning.maybe_create_mm_pruner
     original = hooked.__wrapped__  # functools.wraps in zspa_vllm.runner_hooks
     assert default.maybe_create_mm_pruner is hooked
