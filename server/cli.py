@@ -37,6 +37,7 @@ from zspa_vllm.worker_stats import STATS_DIR_ENV
 
 from server import demo
 from server.middleware import KNOBS_ONLY_ENV
+from server.media import ALLOW_PRIVATE_ENV, CONNECTOR_NAME, DEFAULT_MAX_IMAGE_PIXELS
 from server.plugin import PLUGIN_NAME
 
 MODEL_PLUGIN_NAME = "zspa"
@@ -64,6 +65,16 @@ def our_parser() -> argparse.ArgumentParser:
         "--phase-timings", action="store_true",
         help=f"time the vision encoder and the selection in the workers, published in /metrics as "
         f"zspa_vision_encoder_seconds / zspa_selection_seconds (waits for the device around each; env {PHASE_TIMINGS_ENV}=1)",
+    )
+    ours.add_argument(
+        "--allow-private-media-urls", action="store_true",
+        help="fetch media URLs whose host is (or resolves to) a loopback, private, link-local or other "
+        f"non-public address; refused by default, at every redirect (env {ALLOW_PRIVATE_ENV}=1)",
+    )
+    ours.add_argument(
+        "--max-image-pixels",
+        help=f"the largest image (width x height) the server decodes; larger ones are a 400 "
+        f"(default {DEFAULT_MAX_IMAGE_PIXELS:,}; sets vLLM's VLLM_MAX_IMAGE_PIXELS)",
     )
     ours.add_argument("--demo", action="store_true", help="serve the built-in demo model (a small LLaVA-1.5 trained only on synthetic shapes)")
     return parser
@@ -98,6 +109,16 @@ def build_vllm_argv(argv: list[str]) -> list[str]:
         os.environ[ENCODER_CACHE_MIB_ENV] = ours.encoder_cache_mib.strip()  # the workers inherit it
     if ours.phase_timings:
         os.environ[PHASE_TIMINGS_ENV] = "1"
+    if ours.allow_private_media_urls:
+        os.environ[ALLOW_PRIVATE_ENV] = "1"
+    if ours.max_image_pixels is not None:
+        if not ours.max_image_pixels.strip().isdigit() or int(ours.max_image_pixels) < 1:
+            parser.error(f"--max-image-pixels must be a whole number >= 1, got {ours.max_image_pixels!r}")
+        os.environ["VLLM_MAX_IMAGE_PIXELS"] = ours.max_image_pixels.strip()
+    # the API server loads media through server/media.py's connector (the endpoint plugin
+    # registers it); an operator's own VLLM_MEDIA_CONNECTOR stays
+    os.environ.setdefault("VLLM_MEDIA_CONNECTOR", CONNECTOR_NAME)
+    os.environ.setdefault("VLLM_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_IMAGE_PIXELS))
 
     from vllm.engine.arg_utils import EngineArgs
 

@@ -2,7 +2,8 @@
 
 Request: reads the body (413 past ``ZSPA_MAX_BODY_BYTES``), answers malformed JSON,
 bad knobs and (unless the operator trusts clients) other processor kwargs with a 400
-naming the field, copies the top-level knobs into vLLM's ``mm_processor_kwargs`` and
+naming the field, media URLs the server must not fetch (server/media.py) with a 400
+naming the message part, copies the top-level knobs into vLLM's ``mm_processor_kwargs`` and
 adds a tally id there (see ``zspa_vllm.tally``), appending that key to the client's
 bytes rather than serializing the (image-laden) body again. Response: reports the request's visual tokens before and after
 pruning in ``usage`` (JSON, and every SSE chunk that carries usage) and in the
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+from urllib.parse import urlsplit
 
 from zspa_vllm import tally as tallies
 from zspa_vllm.tally import TALLY_KWARG
 
-from server import metrics
+from server import media, metrics
 from server.knobs import MM_KWARGS, BadRequest, lift_knobs
 
 # POST endpoints whose body takes images and vLLM's mm_processor_kwargs
@@ -42,6 +44,7 @@ class ZspaMiddleware:
             if body is None:
                 return  # the client went away
             request = _parse(body)
+            await _check_media_urls(request)
             had_mm_kwargs = MM_KWARGS in request
             knobs = lift_knobs(request, knobs_only=os.environ.get(KNOBS_ONLY_ENV) == "1")
             support = getattr(scope["app"].state, "zspa_support", None)
@@ -92,6 +95,38 @@ def _parse(body: bytes) -> dict:
     if not isinstance(request, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(request).__name__}")
     return request
+
+
+MEDIA_PARTS = ("image_url", "video_url", "audio_url", "input_image")
+
+
+def _media_urls(request: dict):
+    """(field, url) of every media URL in a chat request's ``messages`` or a responses
+    request's ``input``."""
+    for key in ("messages", "input"):
+        turns = request.get(key)
+        for i, turn in enumerate(turns if isinstance(turns, list) else []):
+            content = turn.get("content") if isinstance(turn, dict) else None
+            for j, part in enumerate(content if isinstance(content, list) else []):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind not in MEDIA_PARTS:
+                    continue
+                name = "image_url" if kind == "input_image" else kind
+                value = part.get(name)
+                url = value.get("url") if isinstance(value, dict) else value
+                if isinstance(url, str):  # else vLLM's own validation names it
+                    yield f"{key}[{i}].content[{j}].{name}", url
+
+
+async def _check_media_urls(request: dict) -> None:
+    """A 400 naming the field for a media URL the server must not use: an unknown scheme,
+    or an http(s) host that is not a public address (server/media.py)."""
+    for field, url in _media_urls(request):
+        reason = media.scheme_refusal(url)
+        if reason is None and urlsplit(url).scheme.lower() in ("http", "https"):
+            reason = await media.url_refusal(url)
+        if reason is not None:
+            raise BadRequest(f"{field}: {reason}", field)
 
 
 def _rewrite(body: bytes, request: dict, had_mm_kwargs: bool, tally_id: str | None) -> bytes:

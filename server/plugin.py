@@ -44,9 +44,11 @@ class ZspaEndpointPlugin:
 
         if unsupported_reason() is not None:  # the model plugin stood aside (it logged why)
             return
+        from server import media
         from server.metrics import register_worker_stats_collector
         from server.middleware import ZspaMiddleware
 
+        media.install()  # the media connector zspa-serve names, in this (API-server) process
         app.add_middleware(ZspaMiddleware)
         register_worker_stats_collector()
 

@@ -33,6 +33,9 @@ def tool(name: str) -> str:
     return path
 
 
+pytestmark = pytest.mark.usefixtures("restored_environment")  # zspa_serve_accepts sets variables (tests/conftest.py)
+
+
 def zspa_serve_accepts(args: list[str]):
     """vLLM's serve namespace for a zspa-serve command line (SystemExit if refused)."""
     vllm_argv = build_vllm_argv(args)
@@ -95,6 +98,7 @@ def test_compose_passes_zspa_serve_arguments_it_accepts(compose):
     assert args.api_key == [env["API_KEY"]]
     assert args.mm_processor_kwargs == {"keep_rate": env["KEEP_RATE"], "core_ratio": env["CORE_RATIO"], "prune_method": env["PRUNE_METHOD"]}
     assert args.max_model_len == 16384  # VLLM_EXTRA_ARGS went through
+    assert "--max-image-pixels" in service["command"]  # MEDIA_ARGS went through (a zspa-serve flag)
     assert service["healthcheck"]["test"][-1].count("/health") == 1
     assert service["restart"] == "unless-stopped"
     assert any(v.split(":")[1] == "/home/zspa/.cache/huggingface" for v in service["volumes"])  # the image's HF_HOME

@@ -10,17 +10,7 @@ from server import demo
 from server.cli import build_vllm_argv, enable_plugins, vllm_parser
 
 
-@pytest.fixture(autouse=True)
-def restored_environment():
-    """build_vllm_argv sets variables for the server's processes (ZSPA_KNOBS_ONLY_MM_KWARGS,
-    ZSPA_ENCODER_CACHE_MIB, ...); run in this process, they must not reach later tests'
-    servers (a leaked knobs-only flag made plain vllm serve refuse other kwargs)."""
-    import os
-
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("restored_environment")  # tests/conftest.py
 
 
 def parsed(argv):
@@ -44,6 +34,24 @@ def test_query_scope_is_a_knob_and_the_cache_size_goes_to_the_workers(monkeypatc
     assert os.environ["ZSPA_ENCODER_CACHE_MIB"] == "64"  # inherited by the engine's processes
 
 
+def test_media_flags_and_defaults_reach_the_api_server(monkeypatch):
+    import os
+
+    from server import media
+
+    for name in ("VLLM_MEDIA_CONNECTOR", "VLLM_MAX_IMAGE_PIXELS", media.ALLOW_PRIVATE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    build_vllm_argv(["org/model"])
+    assert os.environ["VLLM_MEDIA_CONNECTOR"] == media.CONNECTOR_NAME
+    assert os.environ["VLLM_MAX_IMAGE_PIXELS"] == str(media.DEFAULT_MAX_IMAGE_PIXELS)
+    assert media.ALLOW_PRIVATE_ENV not in os.environ
+    build_vllm_argv(["org/model", "--allow-private-media-urls", "--max-image-pixels", "1000000"])
+    assert os.environ[media.ALLOW_PRIVATE_ENV] == "1" and os.environ["VLLM_MAX_IMAGE_PIXELS"] == "1000000"
+    monkeypatch.setenv("VLLM_MEDIA_CONNECTOR", "mine")  # an operator's own connector stays
+    build_vllm_argv(["org/model"])
+    assert os.environ["VLLM_MEDIA_CONNECTOR"] == "mine"
+
+
 def test_no_knob_flags_add_nothing():
     args = parsed(["org/model", "--tensor-parallel-size", "2"])
     assert args.mm_processor_kwargs is None and args.tensor_parallel_size == 2
@@ -65,6 +73,8 @@ def test_flags_merge_with_the_users_mm_processor_kwargs():
         (["m", "--encoder-cache-mib", "lots"], "--encoder-cache-mib must be a whole number of MiB >= 0, got 'lots'"),
         (["m", "--keep-rate", "0.5", "--mm-processor-kwargs", '{"keep_rate": 0.25}'], "contradicts"),
         (["m", "--demo"], "--demo serves the built-in demo model"),
+        (["m", "--max-image-pixels", "0"], "--max-image-pixels must be a whole number >= 1, got '0'"),
+        (["m", "--max-image-pixels", "1e6"], "--max-image-pixels must be a whole number >= 1, got '1e6'"),
     ],
 )
 def test_bad_command_lines_exit_2_naming_the_flag(argv, message, capsys):

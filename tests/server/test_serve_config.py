@@ -32,14 +32,24 @@ def kept(response) -> int:
 
 
 def test_server_wide_defaults_and_per_request_overrides(tmp_path_factory):
-    server = start(tmp_path_factory, "--demo", "--keep-rate", "0.5", "--core-ratio", "0.3")
+    """Also: --allow-private-media-urls lets a request's image come from a loopback host (the
+    shared server refuses it: tests/server/test_hostile_media.py)."""
+    from tests.server.test_hostile_media import ImageHost
+
+    server = start(tmp_path_factory, "--demo", "--keep-rate", "0.5", "--core-ratio", "0.3", "--allow-private-media-urls")
+    host = ImageHost()
     try:
         model = httpx.get(f"{server.base_url}/v1/models", headers=AUTH).json()["data"][0]["id"]
         assert kept(post(server, chat_body(model, 21))) == num_kept(N, 0.5)  # the server default
         assert kept(post(server, chat_body(model, 22, keep_rate=0.1))) == num_kept(N, 0.1)
         assert kept(post(server, chat_body(model, 23, keep_rate=1))) == N
         assert kept(post(server, chat_body(model, 24, prune_method="none"))) == N
+        body = chat_body(model, 25)
+        body["messages"][0]["content"][0]["image_url"]["url"] = f"{host.url}/on-loopback.png"
+        assert kept(post(server, body)) == num_kept(N, 0.5)
+        assert host.hits == ["/on-loopback.png"]
     finally:
+        host.close()
         server.stop()
 
 

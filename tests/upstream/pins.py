@@ -96,6 +96,13 @@ SIGNATURES["0.32"] = {
     # the serve CLI's building blocks (server/cli.py through zspa_vllm.compat.LOCATIONS)
     "vllm.entrypoints.launchers.cli_args:make_arg_parser": "(parser: FlexibleArgumentParser) -> FlexibleArgumentParser",
     "vllm.entrypoints.serve.utils.api_utils:cli_env_setup": "()",
+    # server/media.py: the media connector zspa-serve names, on a guarded session
+    "vllm.multimodal.media.connector:MediaConnector.load_from_url_async": "(self, url: str, media_io: MediaIO[_M], *, fetch_timeout: int | None=None) -> _M",
+    "vllm.multimodal.media.connector:MediaConnector.load_from_url": "(self, url: str, media_io: MediaIO[_M], *, fetch_timeout: int | None=None) -> _M",
+    "vllm.multimodal.media.connector:MediaConnector._load_file_url": "(self, url_spec: Url, media_io: MediaIO[_M]) -> _M",
+    "vllm.multimodal.media.base:MediaIO.get_max_bytes": "(self) -> int | None",
+    "vllm.connections:HTTPConnection.get_async_client": "(self) -> aiohttp.ClientSession",
+    "vllm.exceptions:VLLMValidationError.__init__": "(self, message: str, *, parameter: str | None=None, value: Any=None) -> None",
 }
 SIGNATURES["0.33"] = {
     **SIGNATURES["0.32"],
@@ -179,6 +186,20 @@ SNIPPETS["0.32"] = {
     ),
     # MRv2 reads our positions with .tolist() (a tensor or anything indexable per channel)
     "vllm.v1.worker.gpu.mm.rope:RopeState.init_prefill_positions": ("pos = prefill_positions[i].tolist()",),
+    # server/media.py: chat media load through the connector VLLM_MEDIA_CONNECTOR names, which
+    # fetches with its connection; that connection keeps one session; vLLM bounds decoded
+    # pixels; a VLLMValidationError is a 400 naming its parameter
+    "vllm.renderers.chat_utils": ("MEDIA_CONNECTOR_REGISTRY.load( envs.VLLM_MEDIA_CONNECTOR,",),
+    "vllm.multimodal.media.connector:MediaConnector.load_from_url_async": (
+        "connection = self.connection",
+        "self._load_file_url, url_spec, media_io",
+    ),
+    "vllm.connections:HTTPConnection.get_async_client": ("if self._async_client is None or not self.reuse_client:",),
+    "vllm.multimodal.media.image:ImageMediaIO.load_bytes": ("max_pixels = envs.VLLM_MAX_IMAGE_PIXELS",),
+    "vllm.entrypoints.serve.exception_handling.error_response:create_error_response": (
+        "isinstance(exc, VLLMValidationError)",
+        "status_code = HTTPStatus.BAD_REQUEST param = exc.parameter",
+    ),
 }
 SNIPPETS["0.33"] = {
     **SNIPPETS["0.32"],
@@ -194,7 +215,10 @@ SNIPPETS["0.33"] = {
         "feature_ranges = pos_info.extract_embeds_range()",
     ),
     "vllm.v1.worker.gpu.model_states.default:DefaultModelState": ("compute_mm_prefix_ranges(",),
+    # chat_utils became a package: the connector is loaded in its content parser
+    "vllm.renderers.chat_utils.content_parser": ("MEDIA_CONNECTOR_REGISTRY.load( envs.VLLM_MEDIA_CONNECTOR,",),
 }
+del SNIPPETS["0.33"]["vllm.renderers.chat_utils"]
 SNIPPETS["0.34"] = {
     **SNIPPETS["0.33"],
     # no V1 runners
