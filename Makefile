@@ -3,9 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
+SOAK_SECONDS ?= 600
 VLLM ?=
 
-.PHONY: check-upstream env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures demo-model eval-demo clean
+.PHONY: check-upstream soak env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures demo-model eval-demo clean
 
 env:  ## create/refresh .venv (seconds when nothing changed)
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -37,6 +38,9 @@ bench-video: env  ## a video workload: stock vLLM vs zspa-serve vs vLLM's EVS, Q
 
 bench-chat: env  ## multi-turn chat and same-image workloads: stock vLLM vs zspa-serve (about 60 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --workload chat --scale 0 --repeats 3 --warmup 1
+
+soak: env  ## a mixed-load soak against zspa-serve --demo (SOAK_SECONDS, default 600): fails on any 5xx, hang, wrong kept count, canary drift or memory growth after warm-up
+	$(PY) benchmarks/soak.py --seconds $(SOAK_SECONDS)
 
 check-upstream: env  ## which of the plugin's reliances on vLLM internals a release changed, from its sources (no install): make check-upstream VLLM=0.35.0
 	@test -n "$(VLLM)" || { echo "usage: make check-upstream VLLM=X.Y.Z"; exit 2; }
