@@ -138,11 +138,15 @@ def test_bad_image_data_is_a_400_and_the_server_keeps_serving(server, model):
         "truncated": data_url(good[: len(good) // 2]),
         "not an image": data_url(b"hello, world" * 10),
         "bad base64": "data:image/png;base64,@@@not-base64@@@",
+        "an SVG (not an image format vLLM decodes)": "data:image/svg+xml;base64,PHN2Zy8+",
     }
     for name, url in cases.items():
         response = ask(server, model, url)
         assert response.status_code == 400, (name, response.status_code, response.text[:300])
     assert_400(ask(server, model, cases["a 40000x40000 bomb header"]), "image_url")
+    # media the model does not take: vLLM's own 400, naming the modality
+    assert_400(ask(server, model, "data:video/mp4;base64,AAAA", "video_url"), "At most 0 video", param="video")
+    assert_400(ask(server, model, "data:audio/wav;base64,AAAA", "audio_url"), "At most 0 audio", param="audio")
     # the same image whole is served: each refusal above is about its data
     assert ask(server, model, data_url(good)).status_code == 200
     assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200

@@ -33,10 +33,14 @@ def kept(response) -> int:
 
 def test_server_wide_defaults_and_per_request_overrides(tmp_path_factory):
     """Also: --allow-private-media-urls lets a request's image come from a loopback host (the
-    shared server refuses it: tests/server/test_hostile_media.py)."""
+    shared server refuses it: tests/server/test_hostile_media.py); past
+    --limit-mm-per-prompt is a 400."""
     from tests.server.test_hostile_media import ImageHost
 
-    server = start(tmp_path_factory, "--demo", "--keep-rate", "0.5", "--core-ratio", "0.3", "--allow-private-media-urls")
+    server = start(
+        tmp_path_factory, "--demo", "--keep-rate", "0.5", "--core-ratio", "0.3", "--allow-private-media-urls",
+        "--limit-mm-per-prompt", '{"image": 2}',
+    )
     host = ImageHost()
     try:
         model = httpx.get(f"{server.base_url}/v1/models", headers=AUTH).json()["data"][0]["id"]
@@ -48,6 +52,14 @@ def test_server_wide_defaults_and_per_request_overrides(tmp_path_factory):
         body["messages"][0]["content"][0]["image_url"]["url"] = f"{host.url}/on-loopback.png"
         assert kept(post(server, body)) == num_kept(N, 0.5)
         assert host.hits == ["/on-loopback.png"]
+        # more images than the server allows per prompt: vLLM's 400, naming the modality
+        three = chat_body(model, 26)
+        three["messages"][0]["content"][:1] *= 3
+        too_many = post(server, three)
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "image", too_many.text
+        two = chat_body(model, 27)
+        two["messages"][0]["content"][:1] *= 2
+        assert post(server, two).json()["usage"]["visual_tokens"] == 2 * N
     finally:
         host.close()
         server.stop()
