@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 SOAK_SECONDS ?= 600
 VLLM ?=
 
-.PHONY: check-upstream soak env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures demo-model eval-demo clean
+.PHONY: check-upstream check-processor soak env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures demo-model eval-demo clean
 
 env:  ## create/refresh .venv (seconds when nothing changed)
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -38,6 +38,9 @@ bench-video: env  ## a video workload: stock vLLM vs zspa-serve vs vLLM's EVS, Q
 
 bench-chat: env  ## multi-turn chat and same-image workloads: stock vLLM vs zspa-serve (about 60 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --workload chat --scale 0 --repeats 3 --warmup 1
+
+check-processor: env  ## our processors on another vLLM release's API-server code, on this CPU, against the installed one (builds a 6.6 GB environment once): make check-processor VLLM=0.34.0
+	$(PY) scripts/check_processor.py --vllm $(or $(VLLM),0.34.0)
 
 soak: env  ## a mixed-load soak against zspa-serve --demo (SOAK_SECONDS, default 600): fails on any 5xx, hang, wrong kept count, canary drift or memory growth after warm-up
 	$(PY) benchmarks/soak.py --seconds $(SOAK_SECONDS)
