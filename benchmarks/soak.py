@@ -143,24 +143,32 @@ class Soak:
         if response is not None:
             self.check_kept("fresh", response.json().get("usage"), rate)
 
-    async def streamed(self, client) -> None:
-        rate = self.rng.choice(KEEP_RATES)
-        body = self.body([self.turn(self.rng.choice(self.pools["streamed"]), self.rng.choice(QUESTIONS))], rate,
-                         stream=True, stream_options={"include_usage": True})
-        self.report.counts["streamed"] = self.report.counts.get("streamed", 0) + 1
+    async def stream(self, client, kind: str, body: dict, first_chunk_only: bool = False) -> tuple[bool, dict | None]:
+        """A streamed request: (answered, the usage its chunks carried); a failure is reported."""
+        self.report.counts[kind] = self.report.counts.get(kind, 0) + 1
         usage = None
         try:
             async with client.stream("POST", f"{self.base_url}/v1/chat/completions", json=body, headers=self.headers, timeout=REQUEST_TIMEOUT) as response:
                 if response.status_code != 200:
-                    self.report.fail("streamed", f"HTTP {response.status_code}")
-                    return
+                    self.report.fail(kind, f"HTTP {response.status_code}")
+                    return False, None
                 async for line in response.aiter_lines():
+                    if first_chunk_only:
+                        return True, None  # the client goes away after the first chunk
                     if line.startswith("data: {") and '"usage"' in line:
                         usage = json.loads(line[len("data: "):]).get("usage") or usage
         except Exception as error:  # noqa: BLE001
-            self.report.fail("streamed", f"no answer: {error!r}")
-            return
-        self.check_kept("streamed", usage, rate)
+            self.report.fail(kind, f"no answer: {error!r}")
+            return False, None
+        return True, usage
+
+    async def streamed(self, client) -> None:
+        rate = self.rng.choice(KEEP_RATES)
+        body = self.body([self.turn(self.rng.choice(self.pools["streamed"]), self.rng.choice(QUESTIONS))], rate,
+                         stream=True, stream_options={"include_usage": True})
+        answered, usage = await self.stream(client, "streamed", body)
+        if answered:
+            self.check_kept("streamed", usage, rate)
 
     async def chat(self, client) -> None:
         image, rate, messages = self.rng.choice(self.pools["chat"]), self.rng.choice(KEEP_RATES), []
@@ -194,16 +202,7 @@ class Soak:
     async def dropped(self, client) -> None:
         body = self.body([self.turn(self.rng.choice(self.pools["dropped"]), self.rng.choice(QUESTIONS))], self.rng.choice(KEEP_RATES),
                          max_tokens=16, stream=True)
-        self.report.counts["dropped"] = self.report.counts.get("dropped", 0) + 1
-        try:
-            async with client.stream("POST", f"{self.base_url}/v1/chat/completions", json=body, headers=self.headers, timeout=REQUEST_TIMEOUT) as response:
-                if response.status_code != 200:
-                    self.report.fail("dropped", f"HTTP {response.status_code}")
-                    return
-                async for _ in response.aiter_bytes():
-                    break  # the client goes away after the first chunk
-        except Exception as error:  # noqa: BLE001
-            self.report.fail("dropped", f"no answer: {error!r}")
+        await self.stream(client, "dropped", body, first_chunk_only=True)
 
     async def canary(self, client) -> str | None:
         body = self.body([self.turn(self.pools["canary"][0], CANARY["question"])], CANARY["keep_rate"], max_tokens=CANARY["max_tokens"])
