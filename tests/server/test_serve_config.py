@@ -33,13 +33,19 @@ def kept(response) -> int:
 
 def test_server_wide_defaults_and_per_request_overrides(tmp_path_factory):
     """Also: --allow-private-media-urls lets a request's image come from a loopback host (the
-    shared server refuses it: tests/server/test_hostile_media.py); past
-    --limit-mm-per-prompt is a 400."""
+    shared server refuses it: tests/server/test_hostile_media.py); a file under
+    --allowed-local-media-path is read; past --limit-mm-per-prompt is a 400."""
     from tests.server.test_hostile_media import ImageHost
 
+    import base64
+
+    from tests.server.conftest import image_url
+
+    media_dir = tmp_path_factory.mktemp("media")
+    (media_dir / "local.png").write_bytes(base64.b64decode(image_url(28).partition(",")[2]))
     server = start(
         tmp_path_factory, "--demo", "--keep-rate", "0.5", "--core-ratio", "0.3", "--allow-private-media-urls",
-        "--limit-mm-per-prompt", '{"image": 2}',
+        "--limit-mm-per-prompt", '{"image": 2}', "--allowed-local-media-path", str(media_dir),
     )
     host = ImageHost()
     try:
@@ -52,6 +58,13 @@ def test_server_wide_defaults_and_per_request_overrides(tmp_path_factory):
         body["messages"][0]["content"][0]["image_url"]["url"] = f"{host.url}/on-loopback.png"
         assert kept(post(server, body)) == num_kept(N, 0.5)
         assert host.hits == ["/on-loopback.png"]
+        # a local file under --allowed-local-media-path is served; one outside it is a 400
+        local = chat_body(model, 28)
+        local["messages"][0]["content"][0]["image_url"]["url"] = f"file://{media_dir}/local.png"
+        assert kept(post(server, local)) == num_kept(N, 0.5)
+        local["messages"][0]["content"][0]["image_url"]["url"] = "file:///etc/passwd"
+        outside = post(server, local)
+        assert outside.status_code == 400 and "must be a subpath" in outside.json()["error"]["message"], outside.text
         # more images than the server allows per prompt: vLLM's 400, naming the modality
         three = chat_body(model, 26)
         three["messages"][0]["content"][:1] *= 3
