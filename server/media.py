@@ -46,12 +46,12 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def _literal(host: str) -> str | None:
+def _is_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.split("%")[0])
-        return host
+        return True
     except ValueError:
-        return None
+        return False
 
 
 def _refusal(host: str | None, addresses: list[str]) -> str | None:
@@ -71,7 +71,7 @@ async def url_refusal(url: str) -> str | None:
     host = urlsplit(url).hostname
     if not host:
         return f"media URL {url[:80]!r} has no host"
-    if _literal(host):
+    if _is_literal(host):
         return _refusal(host, [host])
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
@@ -94,7 +94,7 @@ class PrivateAddressRefused(Exception):
 
 def _check_literal(url) -> None:
     host = getattr(url, "host", None)
-    if host and _literal(host) and (reason := _refusal(host, [host])):
+    if host and _is_literal(host) and (reason := _refusal(host, [host])):
         raise PrivateAddressRefused(reason)
 
 
@@ -209,10 +209,7 @@ def _chain(error: BaseException):
 
 def install() -> None:
     """In the API-server process (the endpoint plugin's attach_router): make the connector
-    loadable, and bound PIL's decoding to the server's pixel limit."""
-    from PIL import Image
-
+    loadable. The pixel bound is vLLM's own check (VLLM_MAX_IMAGE_PIXELS, which zspa-serve
+    sets); PIL's bomb error past its own limit is one of the errors the connector turns
+    into a 400."""
     _register()
-    limit = int(os.environ.get("VLLM_MAX_IMAGE_PIXELS") or DEFAULT_MAX_IMAGE_PIXELS)
-    # PIL refuses past twice its limit while opening; vLLM checks its own limit right after
-    Image.MAX_IMAGE_PIXELS = max(limit, 1)

