@@ -1,5 +1,5 @@
 # zspa-serve on vLLM's official OpenAI server image, of a vLLM the plugin supports
-# (0.32.0, 0.33.0 or 0.34.0: zspa_vllm/compat.py; the build fails on any other).
+# (0.32.0, 0.33.0 or 0.34.0: zspa_vllm/vllm_versions.py; the build fails on any other).
 #   docker build -t zspa-vllm .                                   # vLLM 0.34.0
 #   docker build --build-arg VLLM_VERSION=0.33.0 -t zspa-vllm .   # or 0.32.0
 #   docker run --gpus all --ipc=host -p 8000:8000 -v hf-cache:/home/zspa/.cache/huggingface \
@@ -9,11 +9,12 @@ ARG VLLM_VERSION=0.34.0
 ARG BASE_IMAGE=vllm/vllm-openai:v${VLLM_VERSION}
 FROM ${BASE_IMAGE}
 
-# Only what the package needs: no tests, no fixtures but the demo model (server/demo_model).
+# Only what the package needs: no tests, no fixtures but the demo model (zspa_demo/demo_model).
 WORKDIR /opt/zspa-vllm
 COPY pyproject.toml README.md ./
 COPY zspa_vllm ./zspa_vllm
-COPY server ./server
+COPY zspa_serve ./zspa_serve
+COPY zspa_demo ./zspa_demo
 COPY zspa_eval ./zspa_eval
 
 # vLLM, torch and the HTTP stack come with the base image: install ours without deps, as
@@ -21,7 +22,7 @@ COPY zspa_eval ./zspa_eval
 # The base image's vLLM must be one we support: else the plugin would stand aside and the
 # image would serve unpruned.
 RUN python3 -m pip install --no-cache-dir --no-deps /opt/zspa-vllm \
-    && python3 -c "from zspa_vllm.compat import check_vllm_version; check_vllm_version()" \
+    && python3 -c "from zspa_vllm.vllm_versions import check_vllm_version; check_vllm_version()" \
     && rm -rf /opt/zspa-vllm/build /opt/zspa-vllm/*.egg-info \
     && useradd --no-log-init --create-home --uid 10001 zspa
 

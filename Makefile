@@ -52,7 +52,7 @@ check-upstream: env  ## which of the plugin's reliances on vLLM internals a rele
 fixtures: env  ## regenerate the tiny random-weight models under tests/fixtures/models
 	$(PY) scripts/make_fixtures.py
 
-demo-model: env  ## retrain the demo model into server/demo_model (about 20 min on one CPU core, deterministic)
+demo-model: env  ## retrain the demo model into zspa_demo/demo_model (about 20 min on one CPU core, deterministic)
 	$(PY) scripts/train_demo_model.py
 
 eval-demo: env  ## the demo model's accuracy against keep rate per method -> benchmarks/results/demo_accuracy (about 10 min)

@@ -84,7 +84,7 @@ def build(family: str, factor: float, out: Path, model_classes: dict, renames: d
     import torch
     import transformers
 
-    from tests.engine.harness import fixture_path
+    from tests.families import fixture_path
 
     src = fixture_path(family)
     out.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Time zspa_vllm.prune.select_tokens at the sizes of real models, next to the time of
+"""Time zspa_vllm.core.selection.select_tokens at the sizes of real models, next to the time of
 the vision encoder that produced the tokens, on the same device.
 
     python benchmarks/select_bench.py [--repeats 7] [--device cpu|cuda|all] [--dtype bfloat16]
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from zspa_vllm.prune import select_tokens
+from zspa_vllm.core.selection import select_tokens
 
 QUERY_TOKENS = 32
 # Qwen2.5-VL-7B's vision tower: 32 blocks, full attention in these, windows elsewhere.

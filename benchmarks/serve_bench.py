@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import shutil
@@ -46,21 +47,16 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "benchmarks")]
 
 import chat_workloads  # noqa: E402
 import proportional  # noqa: E402
-from server.launch import ServerProcess  # noqa: E402
-from tests.engine.harness import fixture_path, visual_tokens  # noqa: E402
-from tests.fixtures.images import make_video, video_mp4  # noqa: E402
-from tests.server.conftest import image_url  # noqa: E402
-from zspa_vllm.prune import num_kept  # noqa: E402
+from zspa_serve.launch import ServerProcess  # noqa: E402
+from tests.families import FAMILIES, fixture_path  # noqa: E402
+from tests.fixtures.images import image_url, make_video, video_mp4  # noqa: E402
+from zspa_vllm.core.selection import num_kept  # noqa: E402
 
 KEEP_RATES = [1.0, 0.5, 0.25, 0.1]
 QUESTION = "Describe the objects in this picture and their colors."
 IMAGE_SIZE = (1024, 768)
-MODEL_CLASSES = {
-    "llava-1.5": "LlavaForConditionalGeneration",
-    "llava-next": "LlavaNextForConditionalGeneration",
-    "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen3-vl": "Qwen3VLForConditionalGeneration",
-}
+# the families the benchmark builds mid-size or proportional models of
+MODEL_CLASSES = {family: FAMILIES[family].architecture for family in ("llava-1.5", "llava-next", "qwen2.5-vl", "qwen3-vl")}
 # tensor names of the real checkpoints (scripts/make_fixtures.py)
 RENAMES = {"qwen2.5-vl": "_qwen_rename", "qwen3-vl": "_qwen3_rename"}
 # the video workload: 8 s at 2 frames/s, a camera panning over one scene
@@ -266,8 +262,7 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
               "--enforce-eager", *args.engine_args.split()]
     name = f"{family}-bench"
     width = json.loads((Path(model_path) / "config.json").read_text())["text_config"]["hidden_size"]
-    # vLLM's own process layout (tests.engine.harness, imported for its helpers, sets
-    # the in-process engine for the test suite)
+    # vLLM's own process layout (the test suite runs its engines in-process)
     env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     rows = [("stock vLLM", "stock", {})]
     rows += [(f"zspa keep_rate={r:g}", "zspa", {"keep_rate": r, "core_ratio": 0.2}) for r in KEEP_RATES]
@@ -611,7 +606,14 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+# What every server of the benchmark inherits (as the test suite's engines run): offline,
+# and vLLM's Model Runner V2 unless the environment names another runner.
+SERVER_DEFAULTS = {"VLLM_USE_V2_MODEL_RUNNER": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def main() -> int:
+    for name, value in SERVER_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="llava-1.5,llava-next,qwen2.5-vl")
     p.add_argument("--model", help="a real checkpoint (one family) instead of the built random-weight model")

@@ -37,7 +37,7 @@ REQUEST_TIMEOUT = 120  # seconds: a request still unanswered by then has hung
 
 
 def num_kept(total: int, keep_rate: float) -> int:
-    from zspa_vllm.prune import num_kept as kept
+    from zspa_vllm.core.selection import num_kept as kept
 
     return kept(total, keep_rate)
 
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.server is None:
         import tempfile
 
-        from server.launch import ServerProcess
+        from zspa_serve.launch import ServerProcess
 
         log = Path(tempfile.mkdtemp(prefix="zspa-soak-")) / "server.log"
         server = ServerProcess(["--demo"], log)

@@ -37,7 +37,7 @@ def measure() -> dict:
     from vllm.multimodal.processing.inputs import ProcessorInputs
 
     import zspa_vllm
-    from tests.engine.harness import FAMILIES, fixture_path
+    from tests.families import FAMILIES, fixture_path
 
     for architecture, target in zspa_vllm.MODEL_OVERRIDES.items():
         ModelRegistry.register_model(architecture, target)

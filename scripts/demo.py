@@ -19,8 +19,8 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from server.launch import ServerProcess
-from zspa_eval.shapes import HELD_OUT_START, draw, example
+from zspa_serve.launch import ServerProcess
+from zspa_demo.scenes import HELD_OUT_START, draw, example
 
 SETTINGS = [("unpruned", {}), ("keep 0.25", {"keep_rate": 0.25}), ("keep 0.1", {"keep_rate": 0.1})]
 FIRST_SEED = HELD_OUT_START + 5000  # held-out scenes (not in the accuracy table's slice either)
@@ -108,7 +108,7 @@ def picture(image, question: str, workdir: Path) -> int:
     image.save(workdir / "scene.png")
     out = workdir / "kept.png"
     print(f"\ndrawing which patches {question!r} kept (zspa-show, starts the model in-process) ...", flush=True)
-    command = [sys.executable, "-m", "zspa_eval.show", "--demo", "--image", str(workdir / "scene.png"),
+    command = [sys.executable, "-m", "zspa_demo.show", "--demo", "--image", str(workdir / "scene.png"),
                "--question", question, "--keep-rates", "0.25,0.1", "--core-ratios", "0,0.2,1", "--out", str(out)]
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if done.returncode != 0:

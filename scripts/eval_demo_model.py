@@ -1,4 +1,4 @@
-"""The demo model's accuracy table: write its held-out synthetic set (zspa_eval/shapes.py),
+"""The demo model's accuracy table: write its held-out synthetic set (zspa_demo/scenes.py),
 start ``zspa-serve --demo``, run ``zspa-eval`` over keep rates x core ratios x methods and
 keep the report and plot (results.jsonl resumes an interrupted run).
 
@@ -15,9 +15,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from server.launch import ServerProcess  # noqa: E402
+from zspa_serve.launch import ServerProcess  # noqa: E402
 from zspa_eval.cli import main as zspa_eval  # noqa: E402
-from zspa_eval.shapes import write_eval_set  # noqa: E402
+from zspa_demo.scenes import write_eval_set  # noqa: E402
 
 
 def main() -> int:

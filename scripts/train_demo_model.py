@@ -1,6 +1,6 @@
 """Train the demo model: a small LLaVA-1.5-architecture model (CLIP tower at 336 pixels
 with 28-pixel patches, 144 image tokens, Llama LLM) that learns to answer questions about
-synthetic scenes of coloured shapes (``zspa_eval/shapes.py``), in two stages as LLaVA is:
+synthetic scenes of coloured shapes (``zspa_demo/scenes.py``), in two stages as LLaVA is:
 
 1. the vision tower alone learns to say what each patch shows (its colour, its shape, the
    two at once, and whether a shape's centre lies in it) through linear heads on the layer
@@ -11,7 +11,7 @@ synthetic scenes of coloured shapes (``zspa_eval/shapes.py``), in two stages as 
 Deterministic: the same seed and steps give the same weights on the same machine. About
 19 minutes on one CPU core.
 
-    python scripts/train_demo_model.py                      # writes server/demo_model
+    python scripts/train_demo_model.py                      # writes zspa_demo/demo_model
     python scripts/train_demo_model.py --tower-steps 3 --steps 3 --out /tmp/m --eval 8   # a smoke run
 
 Trained only on synthetic shapes: it knows nothing else.
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts.make_fixtures import _llava_rename, _save_weights  # noqa: E402
-from zspa_eval.shapes import COLOURS, HELD_OUT_START, SHAPES, SIZE, draw, example, label_map  # noqa: E402
+from zspa_demo.scenes import COLOURS, HELD_OUT_START, SHAPES, SIZE, draw, example, label_map  # noqa: E402
 
 # the tokenizer, chat template and image processor are the LLaVA-1.5 fixture's
 BASE = REPO / "tests/fixtures/models/llava-1.5"
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "server/demo_model")
+    p.add_argument("--out", type=Path, default=REPO / "zspa_demo/demo_model")
     p.add_argument("--tower-steps", type=int, default=1500, help="stage 1: the tower and its patch heads")
     p.add_argument("--tower-batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3000, help="stage 2: projector and LLM on answers")
@@ -307,7 +307,7 @@ def save(model, out: Path, args, score: dict[str, float] | None, heads_accuracy:
     info = {
         "name": NAME,
         "what": "A small LLaVA-1.5-architecture model trained ONLY on synthetic scenes of coloured shapes "
-        "(zspa_eval/shapes.py). It answers questions about such scenes and knows nothing else.",
+        "(zspa_demo/scenes.py). It answers questions about such scenes and knows nothing else.",
         "trained_by": "scripts/train_demo_model.py",
         "seed": SEED, "tower_steps": args.tower_steps, "tower_batch": args.tower_batch,
         "steps": args.steps, "batch": args.batch, "lr": args.lr,

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from zspa_eval.dataset import Row
 from zspa_eval.scoring import is_correct
-from zspa_vllm.params import parse_knobs
+from zspa_vllm.core.params import parse_knobs
 
 INSTRUCTIONS = {
     "yesno": "Answer the question using a single word: yes or no.",

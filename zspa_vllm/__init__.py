@@ -22,7 +22,7 @@ MODEL_OVERRIDES = {
     "InternVLForConditionalGeneration": "zspa_vllm.models.internvl:ZspaInternVLForConditionalGeneration",
 }
 
-# Architectures whose images are NOT one run of embed positions (zspa_vllm.one_run), so
+# Architectures whose images are NOT one run of embed positions (zspa_vllm.frontend.one_run), so
 # that a shorter placeholder run cannot be laid out before the selection: refused with
 # this reason when a request asks to prune them (they are served unpruned otherwise).
 NOT_ONE_RUN = {
@@ -44,7 +44,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from zspa_vllm.compat import logger, unsupported_reason
+    from zspa_vllm.vllm_versions import logger, unsupported_reason
 
     reason = unsupported_reason()
     if reason is not None:  # stand aside: never break a vLLM we are not written for
@@ -53,15 +53,15 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
-    from zspa_vllm import config_checks
-    from zspa_vllm.worker_stats import STATS_DIR_ENV
+    from zspa_vllm.engine import config_checks
+    from zspa_vllm.envs import STATS_DIR
 
     for architecture, target in MODEL_OVERRIDES.items():
         ModelRegistry.register_model(architecture, target)
     config_checks.install(MODEL_OVERRIDES)
     # The first process of a server (it registers before it starts the engine's) picks
     # where the workers publish their encoder-cache counters; children inherit it.
-    if not os.environ.get(STATS_DIR_ENV):
-        os.environ[STATS_DIR_ENV] = tempfile.mkdtemp(prefix="zspa-stats-")
-        atexit.register(shutil.rmtree, os.environ[STATS_DIR_ENV], ignore_errors=True)
+    if not os.environ.get(STATS_DIR):
+        os.environ[STATS_DIR] = tempfile.mkdtemp(prefix="zspa-stats-")
+        atexit.register(shutil.rmtree, os.environ[STATS_DIR], ignore_errors=True)
     _registered = True

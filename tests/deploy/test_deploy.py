@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.cli import build_vllm_argv, vllm_parser
+from zspa_serve.cli import build_vllm_argv, vllm_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted(p for p in REPO.glob("**/Dockerfile*") if ".venv" not in p.parts)
 COMPOSE_FILES = sorted((REPO / "deploy").glob("docker-compose*.yml"))
 ENV_EXAMPLE = REPO / "deploy" / ".env.example"
-README = (REPO / "README.md").read_text()
+# the README and the pages it links to (docs/operations.md holds the deployment commands)
+README = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
 
 
 def tool(name: str) -> str:
@@ -66,7 +67,7 @@ def test_dockerfile_runs_zspa_serve_with_arguments_it_accepts():
     text = dockerfile.read_text()
     # the base image is vLLM's, of the newest release we support, and the build refuses others
     from tests.upstream.pins import RELEASES
-    from zspa_vllm.compat import SUPPORTED_SERIES
+    from zspa_vllm.vllm_versions import SUPPORTED_SERIES
 
     assert re.search(rf"^ARG VLLM_VERSION={re.escape(RELEASES[SUPPORTED_SERIES[-1]])}$", text, re.M)
     assert re.search(r"^ARG BASE_IMAGE=vllm/vllm-openai:v\$\{VLLM_VERSION\}$", text, re.M)

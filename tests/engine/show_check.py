@@ -6,19 +6,19 @@ from __future__ import annotations
 from PIL import Image, ImageEnhance
 
 from tests.engine.harness import fixture_path
-from zspa_eval import show
-from zspa_vllm import observe
-from zspa_vllm.patch_geometry import image_geometry
+from zspa_demo import show
+from zspa_vllm.worker import selection_log
+from zspa_vllm.core.patch_geometry import image_geometry
 
 
 def check_show(llm, family: str, image, question: str, log_dir, monkeypatch) -> None:
     from transformers import AutoConfig, AutoProcessor
 
     monkeypatch.setenv("ZSPA_SELECTION_LOG", str(log_dir))  # the in-process engine reads it per selection
-    observe.clear()
+    selection_log.clear()
     todo = show.settings(["0.25", "0.1"], ["0.5"], ["zspa", "divprune"])
     panels = show.collect(llm, image, question, todo, log_dir)
-    assert [(p.kept, p.core) for p in panels] == [(s.kept, s.core) for s in observe.RECENT]  # the engine's own
+    assert [(p.kept, p.core) for p in panels] == [(s.kept, s.core) for s in selection_log.RECENT]  # the engine's own
     assert [len(p.core) > 0 for p in panels] == [True, True, False, False]
 
     path = fixture_path(family)

@@ -1,5 +1,5 @@
 """Pruning keeps vLLM's caches in a conversation, and runs the vision encoder once per
-image (zspa_vllm/query.py, processor.py, encoder_cache.py), on the real CPU engine.
+image (zspa_vllm/core/query.py, processor.py, encoder_cache.py), on the real CPU engine.
 
 Per family two engines, one alive at a time: "cached" (prefix caching on, the encoder
 output cache at its default size) and "uncached" (prefix caching off, the encoder output
@@ -17,9 +17,9 @@ import torch
 from tests.engine import harness
 from tests.engine.harness import FAMILIES, HYBRID_FAMILIES, QWEN_FAMILIES, fixture_path, model_class_of, sampling, vision_tower_calls, visual_tokens
 from tests.fixtures.images import make_image
-from zspa_vllm import observe
-from zspa_vllm.params import ENCODER_CACHE_MIB_ENV
-from zspa_vllm.prune import num_kept, select_tokens
+from zspa_vllm.worker import selection_log
+from zspa_vllm.envs import ENCODER_CACHE_MIB as ENCODER_CACHE_MIB_ENV
+from zspa_vllm.core.selection import num_kept, select_tokens
 
 pytestmark = pytest.mark.engine
 
@@ -91,7 +91,7 @@ def assistant(text: str) -> dict:
 
 
 def chat(llm, messages, **knobs):
-    observe.clear()
+    selection_log.clear()
     (out,) = llm.chat(messages, sampling(3), mm_processor_kwargs=knobs or None, use_tqdm=False)
     return out
 
@@ -106,7 +106,7 @@ def run_conversation(llm, family, turns, **knobs):
         messages.append(user(question, *images))
         before = vision_tower_calls(llm, family)
         out = chat(llm, messages, **knobs)
-        results.append((out, list(observe.RECENT), vision_tower_calls(llm, family) - before))
+        results.append((out, list(selection_log.RECENT), vision_tower_calls(llm, family) - before))
     return results
 
 
@@ -213,7 +213,7 @@ def test_same_image_many_questions_encodes_once(engines):
     outs, kept_sets = [], []
     for question in QUESTIONS:
         outs.append(chat(llm, [user(question, image)], keep_rate=KEEP))
-        (selection,) = observe.RECENT
+        (selection,) = selection_log.RECENT
         assert selection.num_visual == n and len(selection.kept) == keep
         kept_sets.append(selection.kept)
     assert vision_tower_calls(llm, family) - runs_before == 1
@@ -236,7 +236,7 @@ def test_same_image_many_questions_encodes_once(engines):
     diffs, spread = [], 0.0
     for question, out, kept in zip(QUESTIONS, outs, kept_sets):
         ref = chat(llm, [user(question, image)], keep_rate=KEEP)
-        assert observe.RECENT[-1].kept == kept
+        assert selection_log.RECENT[-1].kept == kept
         diffs.append(same_output(out, ref, family))
         spread = max(spread, harness.logprobs_max_diff(outs[0], ref, 1) if question != QUESTIONS[0] else 0.0)
     assert vision_tower_calls(llm, family) - runs_before == len(QUESTIONS)  # no cache here
@@ -255,9 +255,9 @@ def test_precomputed_embeddings_are_selected_like_pixels(engines):
     prompt = FAMILIES[family].prompt_format.format(q=QUESTIONS[3])
 
     def generate(data, **knobs):
-        observe.clear()
+        selection_log.clear()
         request = {"prompt": prompt, "multi_modal_data": {"image": data}, "mm_processor_kwargs": knobs}
-        return llm.generate(request, sampling(3), use_tqdm=False)[0], list(observe.RECENT)
+        return llm.generate(request, sampling(3), use_tqdm=False)[0], list(selection_log.RECENT)
 
     pixels, pixel_selections = generate(image, keep_rate=KEEP)
     embeds = embeddings_of(llm, family, image)

@@ -1,4 +1,4 @@
-"""The families pruned through zspa_vllm.one_run (one run of embed positions per item),
+"""The families pruned through zspa_vllm.frontend.one_run (one run of embed positions per item),
 on a real vLLM engine with their tiny random-weight fixtures: one battery for all of them
 (LLaVA-1.5 and LLaVA-NeXT included: their pruned logprobs against transformers fed the
 kept rows are checked here).
@@ -22,8 +22,8 @@ from tests.engine import harness
 from tests.engine.harness import fixture_path, logprobs_max_diff, model_class_of, step_logprobs, visual_tokens
 from tests.engine.stock_reference import output_record, stock_outputs
 from tests.fixtures.images import make_image
-from zspa_vllm import observe
-from zspa_vllm.prune import num_kept, select_tokens
+from zspa_vllm.worker import selection_log
+from zspa_vllm.core.selection import num_kept, select_tokens
 
 pytestmark = pytest.mark.engine
 
@@ -166,7 +166,7 @@ def test_keep_all_is_stock_vllm(family, engine, image_token):
     for knobs in ({"keep_rate": 1.0}, {"keep_rate": 0.1, "prune_method": "none"}):
         for i, request in enumerate(requests[:2]):
             out = ask(engine, request["images"], **knobs)
-            assert not observe.RECENT  # the selection never ran
+            assert not selection_log.RECENT  # the selection never ran
             ours = output_record(out)
             assert ours["prompt_token_ids"] == stock[i]["prompt_token_ids"]
             assert out.prompt_token_ids.count(image_token) == sum(visual_tokens(family, w, h) for w, h, _ in request["images"])
@@ -194,7 +194,7 @@ def test_prompt_shrinks_by_n_minus_l(family, engine, image_token, keep_rate):
         assert len(full.prompt_token_ids) - len(out.prompt_token_ids) == n - l
         # every other token (wrappers, separators, text) is where it was
         assert [t for t in out.prompt_token_ids if t != image_token] == [t for t in full.prompt_token_ids if t != image_token]
-        assert [(s.num_visual, len(s.kept)) for s in observe.RECENT] == [(n, l)]
+        assert [(s.num_visual, len(s.kept)) for s in selection_log.RECENT] == [(n, l)]
         print(f"[{family}] {width}x{height} keep_rate={keep_rate}: n={n} l={l}")
 
 
@@ -208,7 +208,7 @@ def test_two_images_get_their_own_budgets(family, engine, image_token):
     assert full.prompt_token_ids.count(image_token) == sum(ns)
     assert out.prompt_token_ids.count(image_token) == sum(ls)
     assert len(full.prompt_token_ids) - len(out.prompt_token_ids) == sum(ns) - sum(ls)
-    assert [(s.num_visual, len(s.kept)) for s in observe.RECENT] == list(zip(ns, ls))
+    assert [(s.num_visual, len(s.kept)) for s in selection_log.RECENT] == list(zip(ns, ls))
 
 
 # --------------------------------------------------------------------------- (c) selection
@@ -222,7 +222,7 @@ def test_kept_indices_equal_select_tokens(family, engine, hf, knobs, core_ratio)
     method = knobs.get("prune_method", "zspa")
     image = fresh(*SPECS[family].sizes[1])
     ask(engine, [image], max_tokens=1, **knobs)
-    (selection,) = observe.RECENT
+    (selection,) = selection_log.RECENT
     query_ids = processor.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
     assert selection.query_ids == tuple(query_ids)
     inputs = image_inputs(processor, make_image(*image))
@@ -247,7 +247,7 @@ def test_pruned_logprobs_equal_transformers_fed_the_kept_rows(family, engine, hf
     spec = SPECS[family]
     images = [fresh(*size) for size in spec.sizes]
     out = ask(engine, images, max_tokens=1, keep_rate=0.25)
-    kept = [list(s.kept) for s in observe.RECENT]
+    kept = [list(s.kept) for s in selection_log.RECENT]
     ids = torch.tensor(out.prompt_token_ids)
     mask = ids == image_token
     with torch.no_grad():
@@ -316,7 +316,7 @@ def test_chunked_and_uncached_answer_what_cached_unchunked_does(family, engine, 
     cached = []
     for question in (QUESTION, OTHER_QUESTION):
         out = ask(engine, [image], question, **knobs)
-        cached.append((out, list(observe.RECENT)))
+        cached.append((out, list(selection_log.RECENT)))
     (a, (sel_a,)), (b, (sel_b,)) = cached
     assert sel_a.kept != sel_b.kept  # the question steers the selection
     # the runs have one length and place: only the item identity (with its query) keeps
@@ -330,7 +330,7 @@ def test_chunked_and_uncached_answer_what_cached_unchunked_does(family, engine, 
     for question, (out, selections) in zip((QUESTION, OTHER_QUESTION), cached):
         other = ask(llm, [image], question, **knobs)
         assert len(other.prompt_token_ids) > 32 * 2  # really chunked
-        assert list(observe.RECENT) == selections
+        assert list(selection_log.RECENT) == selections
         assert other.prompt_token_ids == out.prompt_token_ids
         assert other.outputs[0].token_ids == out.outputs[0].token_ids
         assert logprobs_max_diff(other, out, steps=3) <= 1e-4

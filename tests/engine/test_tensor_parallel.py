@@ -27,8 +27,8 @@ from tests.engine.harness import (
     visual_tokens,
 )
 from tests.engine.stock_reference import child_outputs
-from zspa_vllm.encoder_cache import read_stats
-from zspa_vllm.prune import num_kept
+from zspa_vllm.worker.encoder_cache import read_stats
+from zspa_vllm.core.selection import num_kept
 
 pytestmark = pytest.mark.engine
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.engine.harness import FAMILIES, visual_tokens
 from tests.engine.stock_reference import request_messages
-from zspa_vllm.prune import num_kept
+from zspa_vllm.core.selection import num_kept
 
 pytestmark = pytest.mark.engine
 

@@ -8,8 +8,8 @@ import torch
 from tests.engine import harness
 from tests.engine.harness import logprobs_max_diff, model_class_of, sampling, step_logprobs
 from tests.engine.stock_reference import request_messages, stock_outputs
-from zspa_vllm import observe
-from zspa_vllm.prune import num_kept, select_tokens
+from zspa_vllm.worker import selection_log
+from zspa_vllm.core.selection import num_kept, select_tokens
 
 pytestmark = [pytest.mark.engine, pytest.mark.v1_runner]  # the V1 runner's LLaVA-1.5 battery (MRv2: test_one_run_families and the rest)
 
@@ -61,7 +61,7 @@ def test_keeping_every_token_is_stock_vllm(engine, stock, knobs):
     for request, ref in zip(requests, refs):
         out = ask(engine, request["images"], request["question"], **knobs)
         assert _same_as_stock(out, ref) < 1e-5
-        assert not observe.RECENT  # selection bypassed entirely
+        assert not selection_log.RECENT  # selection bypassed entirely
     # sensitivity: a pruned request is not stock
     pruned = ask(engine, requests[0]["images"], requests[0]["question"], keep_rate=0.5)
     assert list(pruned.prompt_token_ids) != refs[0]["prompt_token_ids"]
@@ -74,7 +74,7 @@ def test_prompt_shrinks_by_exactly_the_pruned_tokens(engine, size, rate):
     full = len(ask(engine, [image]).prompt_token_ids)
     pruned = ask(engine, [image], keep_rate=rate)
     assert full - len(pruned.prompt_token_ids) == N - num_kept(N, rate)
-    (selection,) = observe.RECENT
+    (selection,) = selection_log.RECENT
     assert selection.num_visual == N and len(selection.kept) == num_kept(N, rate)
 
 
@@ -83,8 +83,8 @@ def test_two_images_each_get_their_own_budget(engine):
     full = ask(engine, images)
     pruned = ask(engine, images, keep_rate=0.25)
     assert len(full.prompt_token_ids) - len(pruned.prompt_token_ids) == 2 * (N - num_kept(N, 0.25))
-    assert [len(s.kept) for s in observe.RECENT] == [144, 144]
-    assert observe.RECENT[0].kept != observe.RECENT[1].kept  # selected per image
+    assert [len(s.kept) for s in selection_log.RECENT] == [144, 144]
+    assert selection_log.RECENT[0].kept != selection_log.RECENT[1].kept  # selected per image
 
 
 def _engine_selection(llm, image_spec, question):
@@ -114,7 +114,7 @@ def test_engine_keeps_what_select_tokens_selects(engine, method, core_ratio):
     image = fresh(SMALL)
     visual, query, ids = _engine_selection(engine, image, QUESTION)
     ask(engine, [image], keep_rate=0.1, core_ratio=core_ratio, prune_method=method)
-    (selection,) = observe.RECENT
+    (selection,) = selection_log.RECENT
     assert selection.query_ids == tuple(ids)  # the query is exactly the question's tokens
     expected = select_tokens(visual, query, num_kept(N, 0.1), core_ratio, method=method)
     assert list(selection.kept) == expected.tolist()
@@ -124,7 +124,7 @@ def test_image_only_prompt_selects_by_diversity(engine):
     image = fresh(SMALL)
     visual, _, _ = _engine_selection(engine, image, QUESTION)
     ask(engine, [image], question="", keep_rate=0.1)
-    (selection,) = observe.RECENT
+    (selection,) = selection_log.RECENT
     assert selection.query_ids == ()
     assert list(selection.kept) == select_tokens(visual, None, 58, 0.2).tolist()
 
@@ -136,7 +136,7 @@ def test_different_questions_keep_different_tokens_and_caches_stay_exact(engine,
     cached, kept_sets = [], []
     for question in order:
         cached.append(ask(engine, [image], question, **knobs))
-        kept_sets.append(observe.RECENT[-1].kept if observe.RECENT else None)
+        kept_sets.append(selection_log.RECENT[-1].kept if selection_log.RECENT else None)
     assert kept_sets[0] != kept_sets[1]
     # the third request re-uses the first's caches: it ran no selection at all
     assert kept_sets[2] is None
@@ -168,7 +168,7 @@ def test_engine_wide_defaults_and_request_overrides(zspa_engines):
     llm, _ = zspa_engines(FAMILY, mm_processor_kwargs={"keep_rate": 0.25, "core_ratio": 0.4})
     image = fresh(SMALL)
     default = ask(llm, [image])
-    assert observe.RECENT[-1].num_core == 58  # floor(0.4 * 144 + 0.5)
+    assert selection_log.RECENT[-1].num_core == 58  # floor(0.4 * 144 + 0.5)
     override = ask(llm, [image], keep_rate=0.5)
     full = ask(llm, [image], keep_rate=1)
     n_full = len(full.prompt_token_ids)

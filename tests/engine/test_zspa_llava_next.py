@@ -63,16 +63,16 @@ def req(images, question=QUESTION, max_tokens=1) -> dict:
 
 def run(llm, spec: dict, **knobs):
     """One chat request; returns (output, the selections the model recorded for it)."""
-    from zspa_vllm import observe
+    from zspa_vllm.worker import selection_log
 
-    observe.clear()
+    selection_log.clear()
     (out,) = llm.chat(
         request_messages(spec),
         sampling(max_tokens=spec["max_tokens"]),
         use_tqdm=False,
         mm_processor_kwargs=knobs or None,
     )
-    return out, list(observe.RECENT)
+    return out, list(selection_log.RECENT)
 
 
 def image_runs(prompt_ids) -> list[int]:
@@ -89,7 +89,7 @@ def image_runs(prompt_ids) -> list[int]:
 
 
 def budget(n: int, keep_rate: float) -> int:
-    from zspa_vllm.prune import num_kept
+    from zspa_vllm.core.selection import num_kept
 
     return num_kept(n, keep_rate)
 
@@ -217,7 +217,7 @@ def _reference_inputs(llm, images, query_ids):
 )
 def test_kept_indices_equal_select_tokens(engine, tokenizer, images, knobs, core_ratio):
     from tests.fixtures.images import make_image
-    from zspa_vllm.prune import select_tokens
+    from zspa_vllm.core.selection import select_tokens
 
     method = knobs.get("prune_method", "zspa")
     _, selections = run(engine, req(images), **knobs)

@@ -4,7 +4,7 @@ Every request has the same system turn (Qwen2/2.5's default, which Qwen3-VL's te
 lacks), so the first image token is prompt token 20 in every family.
 
 Images and videos are pruned; M-RoPE positions of kept tokens are the unpruned
-ones (zspa_vllm/mrope.py). The key tests are test_(video_)positions_match_transformers:
+ones (zspa_vllm/worker/mrope.py). The key tests are test_(video_)positions_match_transformers:
 transformers, fed the kept rows at their original (t, h, w) positions, reproduces vLLM's
 logprobs, and the same comparison with other position rules fails.
 
@@ -41,8 +41,8 @@ from tests.engine.harness import (
 )
 from tests.engine.stock_reference import request_messages, stock_outputs
 from tests.fixtures.images import make_image
-from zspa_vllm import observe
-from zspa_vllm.prune import num_kept, select_tokens
+from zspa_vllm.worker import selection_log
+from zspa_vllm.core.selection import num_kept, select_tokens
 
 pytestmark = pytest.mark.engine
 
@@ -92,7 +92,7 @@ class Engines:
 
 # Every family on the runner the environment names (MRv2 unless VLLM_USE_V2_MODEL_RUNNER=0),
 # and, where that is MRv2, two families again on V1, which has its own M-RoPE hook
-# (zspa_vllm.runner_hooks: _gather_mm_embeddings): one per position rule (Qwen2.5-VL's,
+# (zspa_vllm.worker.runner_hooks: _gather_mm_embeddings): one per position rule (Qwen2.5-VL's,
 # Qwen3-VL's with deepstack).
 V1_AGAIN = ["qwen2.5-vl", "qwen3-vl"] if harness.mrv2_requested() else []
 
@@ -175,7 +175,7 @@ def stock_future(family):
 def test_keep_all_is_stock_vllm(engines, stock_future, knobs):
     llm = engines.get("main")
     outs = [ask(llm, [tuple(i) for i in r["images"]], r["question"], **knobs) for r in STOCK_REQUESTS[:3]]
-    assert not observe.RECENT  # nothing was selected
+    assert not selection_log.RECENT  # nothing was selected
     stock = stock_future.result()
     for out, ref in zip(outs, stock):
         assert list(out.prompt_token_ids) == ref["prompt_token_ids"]
@@ -201,7 +201,7 @@ def test_prompt_shrinks_by_pruned_tokens(engines, size):
         assert len(out.prompt_token_ids) == len(full.prompt_token_ids) - (n - kept)
         assert image_runs(out.prompt_token_ids) == [(20, kept)]
         assert [t for t in out.prompt_token_ids if t != IMAGE] == text
-        (selection,) = observe.RECENT
+        (selection,) = selection_log.RECENT
         assert selection.num_visual == n and len(selection.kept) == kept
 
 
@@ -215,7 +215,7 @@ def test_two_images_each_pruned(engines):
     assert [length for _, length in image_runs(full.prompt_token_ids)] == ns
     assert [length for _, length in image_runs(out.prompt_token_ids)] == kept
     assert len(full.prompt_token_ids) - len(out.prompt_token_ids) == sum(ns) - sum(kept)
-    assert [s.num_visual for s in observe.RECENT] == ns
+    assert [s.num_visual for s in selection_log.RECENT] == ns
 
 
 # --------------------------------------------------------------------------- selection
@@ -236,7 +236,7 @@ def test_kept_indices_are_select_tokens(engines, knobs):
     llm = engines.get("main")
     w, h, seed = fresh(1024, 768)
     ask(llm, [(w, h, seed)], **knobs)
-    (selection,) = observe.RECENT
+    (selection,) = selection_log.RECENT
 
     tokenizer = llm.get_tokenizer()
     query = tokenizer.encode(QUESTION, add_special_tokens=False)
@@ -284,11 +284,11 @@ def test_other_question_other_kept_set_and_prefix_cache(engines):
     for image, questions in orders:
         for q in questions:
             cached[image, q] = ask(llm, [image], q, keep_rate=0.25)
-            (selection,) = observe.RECENT
+            (selection,) = selection_log.RECENT
             kept_sets[image, q] = selection.kept
         # a repeat is served from the caches and answers alike
         same_output(ask(llm, [image], questions[0], keep_rate=0.25), cached[image, questions[0]], tolerance(engines.family))
-        assert not observe.RECENT
+        assert not selection_log.RECENT
     for image in (image_a, image_b):
         assert kept_sets[image, QUESTION] != kept_sets[image, OTHER_QUESTION]
         assert max_diff(cached[image, QUESTION], cached[image, OTHER_QUESTION]) > must_differ_by(tolerance(engines.family))
@@ -314,7 +314,7 @@ def test_other_question_other_kept_set_and_prefix_cache(engines):
     for image, questions in orders:
         for q in questions:
             out = ask(llm, [image], q, keep_rate=0.25)
-            assert observe.RECENT[-1].kept == kept_sets[image, q]
+            assert selection_log.RECENT[-1].kept == kept_sets[image, q]
             same_output(out, cached[image, q], tolerance(engines.family))
     uncached = ask(llm, [big], keep_rate=0.5)
     same_output(first, uncached, tolerance(engines.family))
@@ -350,7 +350,7 @@ def test_chunked_prefill_same_as_unchunked(engines):
     whole_video, kept_video = {}, {}
     for q in questions:
         whole_video[q] = ask_video(llm, video, question=q, keep_rate=0.5)
-        (selection,) = observe.RECENT
+        (selection,) = selection_log.RECENT
         kept_video[q] = selection.kept
     assert len(set(kept_video.values())) == len(kept_video)  # prompt-aware: another question, another set
 
@@ -362,13 +362,13 @@ def test_chunked_prefill_same_as_unchunked(engines):
         same_output(out, ref, tolerance(engines.family))
     for q in whole_video:
         out = ask_video(llm, video, question=q, keep_rate=0.5)
-        assert observe.RECENT[-1].kept == kept_video[q]
+        assert selection_log.RECENT[-1].kept == kept_video[q]
         same_output(out, whole_video[q], tolerance(engines.family))
     # a repeat is served from the prefix cache: whole blocks, into or past the video
     # (Qwen3.5's 256-token blocks: the pruned prompt may be shorter than one)
     block = llm.llm_engine.vllm_config.cache_config.block_size
     again = ask_video(llm, video, keep_rate=0.5)
-    assert not observe.RECENT
+    assert not selection_log.RECENT
     hit = (len(again.prompt_token_ids) - 1) // block * block
     video_at = [i for i, t in enumerate(again.prompt_token_ids) if t == VIDEO]
     assert again.num_cached_tokens == hit and (video_at[0] < hit or (hit == 0 and engines.family in HYBRID_FAMILIES))
@@ -420,7 +420,7 @@ def test_positions_match_transformers(engines, hf, sizes, rate):
     llm = engines.get("main")
     images = [fresh(w, h) for w, h in sizes]
     out = ask(llm, images, keep_rate=rate)
-    kept_sets = [s.kept for s in observe.RECENT]
+    kept_sets = [s.kept for s in selection_log.RECENT]
     assert len(kept_sets) == len(images)
     diffs, grids, top = transformers_diffs(hf, out, images, kept_sets)
     unpruned, consecutive, width, without_deepstack = (diffs.get(k) for k in ("unpruned", "consecutive", "width", "no-deepstack"))
@@ -485,7 +485,7 @@ def transformers_diffs(hf, out, images, kept_sets):
 
 def test_without_the_mrv2_pruner_hook_positions_are_wrong(engines, hf, zspa_engines):
     """MRv2 recomputes M-RoPE positions only through a MultiModalPruner, which vLLM creates
-    for EVS video pruning alone; zspa_vllm.runner_hooks creates one for our models. With
+    for EVS video pruning alone; zspa_vllm.worker.runner_hooks creates one for our models. With
     that hook undone, pruned requests must go wrong: in vLLM 0.32 the rows still carry
     their appended position columns and the model fails the request ("Error during index
     put operation", Qwen3-VL's deepstack split); were they stripped, the kept tokens would
@@ -496,7 +496,7 @@ def test_without_the_mrv2_pruner_hook_positions_are_wrong(engines, hf, zspa_engi
 
     engines.get("main")  # the hook is installed by the first of our models a process builds
     hooked = mm_pruning.maybe_create_mm_pruner
-    original = hooked.__wrapped__  # functools.wraps in zspa_vllm.runner_hooks
+    original = hooked.__wrapped__  # functools.wraps in zspa_vllm.worker.runner_hooks
     assert default.maybe_create_mm_pruner is hooked
     images = [fresh(300, 900)]
     error = out = None
@@ -506,7 +506,7 @@ def test_without_the_mrv2_pruner_hook_positions_are_wrong(engines, hf, zspa_engi
         llm, _ = zspa_engines(engines.family, **ENGINES["main"])
         try:
             out = ask(llm, images, keep_rate=0.25)
-            kept_sets = [s.kept for s in observe.RECENT]
+            kept_sets = [s.kept for s in selection_log.RECENT]
         except Exception as raised:  # noqa: BLE001  (any refusal counts: it did not serve wrong tokens)
             error = raised
     finally:
@@ -556,8 +556,8 @@ def video_prompt(with_image: bool, question: str = QUESTION) -> str:
 
 
 def ask_video(llm, video, image=None, question=QUESTION, max_tokens=3, **knobs):
-    """One request with a video (after an image, if given); clears zspa_vllm.observe."""
-    observe.clear()
+    """One request with a video (after an image, if given); clears zspa_vllm.worker.selection_log."""
+    selection_log.clear()
     data = {"video": (video, video_meta(len(video)))}
     if image is not None:
         data["image"] = make_image(*image)
@@ -587,14 +587,14 @@ def test_video_token_counts(engines, with_image):
         assert n == (VIDEO_SIZE[0] // 28) * (VIDEO_SIZE[1] // 28) * (VIDEO_FRAMES // 2) == 96  # no resize at this size
     for knobs in ({"keep_rate": 1.0}, {"keep_rate": 0.25, "prune_method": "none"}):
         same_output(ask_video(llm, video, image, **knobs), full, exact=True)
-        assert not observe.RECENT
+        assert not selection_log.RECENT
     pruned = ask_video(llm, video, image, keep_rate=0.25)
     counts = {token: list(pruned.prompt_token_ids).count(token) for token in (IMAGE, VIDEO)}
     text = [t for t in full.prompt_token_ids if t not in (IMAGE, VIDEO)]
     assert [t for t in pruned.prompt_token_ids if t not in (IMAGE, VIDEO)] == text
     image_selection = [("image", visual_tokens(engines.family, 336, 336), counts[IMAGE])] if with_image else []
     assert counts[IMAGE] == (num_kept(image_selection[0][1], 0.25) if with_image else 0)
-    selections = [(s.modality, s.num_visual, len(s.kept)) for s in observe.RECENT]
+    selections = [(s.modality, s.num_visual, len(s.kept)) for s in selection_log.RECENT]
     keep = num_kept(n, 0.25)
     assert counts[VIDEO] == keep
     assert sorted(selections) == sorted([("video", n, keep)] + image_selection)
@@ -614,7 +614,7 @@ def test_video_kept_indices_are_select_tokens(engines):
     llm = engines.get("main")
     video = fresh_video()
     ask_video(llm, video, keep_rate=0.25, core_ratio=0.5)
-    (selection,) = observe.RECENT
+    (selection,) = selection_log.RECENT
     query = llm.get_tokenizer().encode(QUESTION, add_special_tokens=False)
     assert selection.modality == "video" and list(selection.query_ids) == query
     processor = AutoProcessor.from_pretrained(fixture_path(engines.family)).video_processor
@@ -646,7 +646,7 @@ def test_video_positions_match_transformers(engines, hf, with_image, frames, rat
     video, image = fresh_video(frames), fresh(300, 900) if with_image else None
     full = ask_video(llm, video, image)
     out = ask_video(llm, video, image, keep_rate=rate)
-    kept = {s.modality: list(s.kept) for s in observe.RECENT}
+    kept = {s.modality: list(s.kept) for s in selection_log.RECENT}
     assert sorted(kept) == (["image", "video"] if with_image else ["video"])
 
     from transformers.video_utils import VideoMetadata
@@ -772,7 +772,7 @@ def test_many_images_in_flight_do_not_over_pack_the_encoder(engines):
     harness.check_encoder_steps_fit_the_budget(engines.family, llm, run, 12, n)
     # the last run (vLLM's charging) encoded several images per call in the model's
     # groups, which changes nothing: each image's kept set is what it gets encoded alone
-    selections = sorted(s.kept for s in observe.RECENT)
+    selections = sorted(s.kept for s in selection_log.RECENT)
     assert selections == sorted(_kept_when_encoded_alone(llm, engines.family, sent[-1], 0.1))
 
 

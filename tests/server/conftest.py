@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import pytest
 
-from server.launch import ServerProcess
+from tests.fixtures.images import image_url  # noqa: F401  (the server tests import it from here)
+from zspa_serve.launch import ServerProcess
 
 API_KEY = "test-key-123"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # small, so the 413 test sends little
-
-
-def image_url(seed: int, size=(320, 240)) -> str:
-    from tests.fixtures.images import make_image
-
-    buffer = io.BytesIO()
-    make_image(*size, seed).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def chat_body(model: str, seed: int, question: str = "What color is the big circle?", **extra) -> dict:

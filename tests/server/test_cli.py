@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from server import demo
-from server.cli import build_vllm_argv, enable_plugins, vllm_parser
+from zspa_demo import model as demo
+from zspa_vllm import envs
+from zspa_serve.cli import build_vllm_argv, enable_plugins, vllm_parser
 
 
 pytestmark = pytest.mark.usefixtures("restored_environment")  # tests/conftest.py
@@ -37,16 +38,16 @@ def test_query_scope_is_a_knob_and_the_cache_size_goes_to_the_workers(monkeypatc
 def test_media_flags_and_defaults_reach_the_api_server(monkeypatch):
     import os
 
-    from server import media
+    from zspa_serve import media
 
-    for name in ("VLLM_MEDIA_CONNECTOR", "VLLM_MAX_IMAGE_PIXELS", media.ALLOW_PRIVATE_ENV):
+    for name in ("VLLM_MEDIA_CONNECTOR", "VLLM_MAX_IMAGE_PIXELS", envs.ALLOW_PRIVATE_MEDIA_URLS):
         monkeypatch.delenv(name, raising=False)
     build_vllm_argv(["org/model"])
     assert os.environ["VLLM_MEDIA_CONNECTOR"] == media.CONNECTOR_NAME
     assert os.environ["VLLM_MAX_IMAGE_PIXELS"] == str(media.DEFAULT_MAX_IMAGE_PIXELS)
-    assert media.ALLOW_PRIVATE_ENV not in os.environ
+    assert envs.ALLOW_PRIVATE_MEDIA_URLS not in os.environ
     build_vllm_argv(["org/model", "--allow-private-media-urls", "--max-image-pixels", "1000000"])
-    assert os.environ[media.ALLOW_PRIVATE_ENV] == "1" and os.environ["VLLM_MAX_IMAGE_PIXELS"] == "1000000"
+    assert os.environ[envs.ALLOW_PRIVATE_MEDIA_URLS] == "1" and os.environ["VLLM_MAX_IMAGE_PIXELS"] == "1000000"
     monkeypatch.setenv("VLLM_MEDIA_CONNECTOR", "mine")  # an operator's own connector stays
     build_vllm_argv(["org/model"])
     assert os.environ["VLLM_MEDIA_CONNECTOR"] == "mine"
@@ -116,10 +117,18 @@ def test_plugins_are_enabled_next_to_the_users_choice(monkeypatch):
 
 
 def test_each_server_publishes_its_counters_in_a_folder_of_its_own(monkeypatch, tmp_path):
-    from server.cli import own_stats_dir
+    from zspa_serve.cli import own_stats_dir
 
     monkeypatch.setenv("ZSPA_STATS_DIR", str(tmp_path))  # e.g. inherited from another server
     own_stats_dir()
     import os
 
     assert os.environ["ZSPA_STATS_DIR"] != str(tmp_path) and os.path.isdir(os.environ["ZSPA_STATS_DIR"])
+
+
+def test_a_bad_zspa_variable_stops_zspa_serve_at_start_up(monkeypatch, capsys):
+    monkeypatch.setenv(envs.MAX_BODY_BYTES, "64MB")
+    with pytest.raises(SystemExit) as exit_:
+        build_vllm_argv(["org/model"])
+    assert exit_.value.code == 2
+    assert "ZSPA_MAX_BODY_BYTES must be a whole number of bytes > 0, got '64MB'" in capsys.readouterr().err

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from tests.server.conftest import API_KEY
-from zspa_eval import show
+from zspa_demo import show
 from zspa_eval.scoring import is_correct
-from zspa_eval.shapes import HELD_OUT_START, draw, example
-from zspa_vllm.prune import num_kept
+from zspa_demo.scenes import HELD_OUT_START, draw, example
+from zspa_vllm.core.selection import num_kept
 
 pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_zspa_show_on_the_demo_model_end_to_end(tmp_path):
     scene, question, _, _ = example(HELD_OUT_START + 7)
     image_path, out = tmp_path / "scene.png", tmp_path / "kept.png"
     draw(scene).save(image_path)
-    command = [sys.executable, "-m", "zspa_eval.show", "--demo", "--image", str(image_path), "--question", question,
+    command = [sys.executable, "-m", "zspa_demo.show", "--demo", "--image", str(image_path), "--question", question,
                "--keep-rates", "0.25,0.1", "--core-ratios", "0,1", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -11,7 +11,7 @@ from tests.server.conftest import API_KEY
 from zspa_eval.cli import main
 from zspa_eval.scoring import is_correct
 from zspa_eval.sweep import read_results
-from zspa_vllm.prune import num_kept
+from zspa_vllm.core.selection import num_kept
 
 pytestmark = pytest.mark.server
 

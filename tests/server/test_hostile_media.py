@@ -1,6 +1,6 @@
 """Hostile media against a real zspa-serve: every case a 400 naming what is wrong, nothing
 fetched from an internal address, and the server still serving afterwards
-(server/media.py, server/middleware.py)."""
+(zspa_serve/media.py, zspa_serve/middleware.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.server.conftest import API_KEY, image_url
+from zspa_vllm import envs
 
 pytestmark = pytest.mark.server
 
@@ -162,7 +163,7 @@ def test_a_redirect_to_an_internal_address_is_refused(monkeypatch):
     from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY
     from vllm.multimodal.media.image import ImageMediaIO
 
-    from server import media
+    from zspa_serve import media
 
     media.install()
     public, internal = ImageHost("127.0.0.2"), ImageHost("127.0.0.1")
@@ -184,7 +185,7 @@ def test_a_redirect_to_an_internal_address_is_refused(monkeypatch):
                 await load(f"{public.url}/redirect?to=http://localhost:{port}/secret.png")  # by name: at resolution
             assert internal.hits == []
             # the same redirect with private addresses allowed reaches it: the refusal above is the check's
-            monkeypatch.setenv(media.ALLOW_PRIVATE_ENV, "1")
+            monkeypatch.setenv(envs.ALLOW_PRIVATE_MEDIA_URLS, "1")
             await load(redirect)
             assert internal.hits == ["/secret.png"]
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.server.conftest import API_KEY, MAX_BODY_BYTES, chat_body, image_url
-from zspa_vllm.prune import num_kept
+from zspa_vllm.core.selection import num_kept
 
 pytestmark = pytest.mark.server
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.harness import mrv2_requested, visual_tokens
-from zspa_vllm.prune import num_kept
+from zspa_vllm.core.selection import num_kept
 
 pytestmark = pytest.mark.server
 

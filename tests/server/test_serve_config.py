@@ -9,9 +9,9 @@ import shutil
 import httpx
 import pytest
 
-from server.launch import ServerProcess
+from zspa_serve.launch import ServerProcess
 from tests.server.conftest import API_KEY, SERVER_ENV, chat_body, start
-from zspa_vllm.prune import num_kept
+from zspa_vllm.core.selection import num_kept
 
 pytestmark = pytest.mark.server
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server import demo
-from server.launch import ServerProcess
-from server.middleware import KNOBS_ONLY_ENV
+from zspa_demo import model as demo
+from zspa_serve.launch import ServerProcess
+from zspa_vllm.envs import KNOBS_ONLY_MM_KWARGS as KNOBS_ONLY_ENV
 from tests.server.conftest import API_KEY, SERVER_ENV, chat_body
-from zspa_vllm.prune import num_kept
+from zspa_vllm.core.selection import num_kept
 
 pytestmark = pytest.mark.server
 

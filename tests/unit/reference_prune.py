@@ -1,5 +1,5 @@
 """A slow, obviously-correct ZSPAPrune written straight from the equations (float64,
-plain Python loops), used as the oracle for zspa_vllm.prune. Shares only the tie
+plain Python loops), used as the oracle for zspa_vllm.core.selection. Shares only the tie
 tolerance with the implementation under test: that is part of the contract."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from zspa_vllm.prune import TIE_TOL
+from zspa_vllm.core.selection import TIE_TOL
 
 
 def cosine(a: list[float], b: list[float]) -> float:

@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zspa_eval import shapes
+from zspa_demo import scenes
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "server" / "demo_model"
+DEMO = REPO / "zspa_demo" / "demo_model"
 sys.path.insert(0, str(REPO))
 
 
 def test_examples_are_reproducible_and_their_answers_follow_the_scene():
     kinds = set()
     for seed in range(300):
-        scene, question, answer, answer_type = shapes.example(seed)
-        assert shapes.example(seed) == (scene, question, answer, answer_type)
-        assert shapes.MIN_SHAPES <= len(scene.shapes) <= shapes.MAX_SHAPES
+        scene, question, answer, answer_type = scenes.example(seed)
+        assert scenes.example(seed) == (scene, question, answer, answer_type)
+        assert scenes.MIN_SHAPES <= len(scene.shapes) <= scenes.MAX_SHAPES
         words = question.rstrip("?").split()
         if question.startswith("Is there"):
             colour, kind = words[-2], words[-1]
@@ -36,25 +36,25 @@ def test_examples_are_reproducible_and_their_answers_follow_the_scene():
             assert answer == str(scene.count(kind))
         kinds.add(question.split()[0])
     assert kinds == {"Is", "What", "How"}
-    yes = [shapes.example(s)[2] for s in range(300) if shapes.example(s)[1].startswith("Is")]
+    yes = [scenes.example(s)[2] for s in range(300) if scenes.example(s)[1].startswith("Is")]
     assert 0.3 < yes.count("yes") / len(yes) < 0.7  # balanced
 
 
 def test_shapes_do_not_overlap_and_are_drawn_where_the_scene_says():
-    scene = shapes.make_scene(7)
-    image = np.asarray(shapes.draw(scene))
+    scene = scenes.make_scene(7)
+    image = np.asarray(scenes.draw(scene))
     for shape in scene.shapes:
         left, top, right, bottom = shape.box
-        assert tuple(image[(top + bottom) // 2 + 5, (left + right) // 2]) == shapes.COLOURS[shape.colour]
+        assert tuple(image[(top + bottom) // 2 + 5, (left + right) // 2]) == scenes.COLOURS[shape.colour]
     for a in scene.shapes:
         for b in scene.shapes:
-            assert a is b or shapes._apart(a.box, b.box, 8)
+            assert a is b or scenes._apart(a.box, b.box, 8)
 
 
 def test_patch_labels_name_the_shape_under_each_patch_centre():
     from scripts.train_demo_model import patch_labels
 
-    scene = shapes.Scene((shapes.Shape("square", "green", (0, 0, 84, 84)), shapes.Shape("circle", "red", (168, 168, 252, 252))))
+    scene = scenes.Scene((scenes.Shape("square", "green", (0, 0, 84, 84)), scenes.Shape("circle", "red", (168, 168, 252, 252))))
     labels = patch_labels(scene).reshape(12, 12)  # 28-pixel patches, centres at 14, 42, 70, ...
     square, circle = 1 + 1 * 3 + 1, 1 + 0 * 3 + 0  # green = colour 1, square = shape 1; red circle = 1
     assert (labels[:3, :3] == square).all() and labels[3, 3] == 0
@@ -66,7 +66,7 @@ def test_patch_labels_name_the_shape_under_each_patch_centre():
 def test_patch_targets_split_colour_and_shape_and_mark_each_centre():
     from scripts.train_demo_model import HEADS, patch_labels, patch_targets
 
-    scene = shapes.Scene((shapes.Shape("square", "green", (0, 0, 84, 84)), shapes.Shape("triangle", "yellow", (150, 200, 250, 300))))
+    scene = scenes.Scene((scenes.Shape("square", "green", (0, 0, 84, 84)), scenes.Shape("triangle", "yellow", (150, 200, 250, 300))))
     targets = {name: t.reshape(12, 12) for name, t in patch_targets(scene).items()}
     assert set(targets) == set(HEADS)
     assert (targets["colour"][:3, :3] == 1 + 1).all() and (targets["shape"][:3, :3] == 1 + 1).all()  # green, square
@@ -91,8 +91,8 @@ def test_training_inputs_are_what_the_served_processor_makes():
     tokenizer = processor.tokenizer
     batcher = Batcher(tokenizer, config["image_token_index"], config["image_seq_length"], tokenizer.eos_token_id,
                       config["pad_token_id"])
-    scene, question, _, _ = shapes.example(shapes.HELD_OUT_START)
-    image = shapes.draw(scene)
+    scene, question, _, _ = scenes.example(scenes.HELD_OUT_START)
+    image = scenes.draw(scene)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     served = processor(text=text, images=[image], add_special_tokens=False, return_tensors="pt")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from zspa_vllm import encoder_budget
+from zspa_vllm.engine import encoder_budget
 
 
 @pytest.mark.parametrize("identity", ["0f3a9c", "lora-7:0f3a9c", "", "abc~zspa-n"])

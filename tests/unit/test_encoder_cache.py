@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from zspa_vllm.encoder_cache import EncoderOutputCache, read_stats, stats_file
+from zspa_vllm.worker.encoder_cache import EncoderOutputCache, read_stats, stats_file
 
 
 def tokens(rows: int, value: float = 1.0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""zspa_vllm.one_run: a replacement's one run of embed positions, shortened."""
+"""zspa_vllm.frontend.one_run: a replacement's one run of embed positions, shortened."""
 
 import pytest
 import torch
@@ -11,14 +11,14 @@ def _details(seq, token):
 
 
 def test_bare_run_becomes_the_budget():
-    from zspa_vllm.one_run import shrink_run
+    from zspa_vllm.frontend.one_run import shrink_run
 
     assert shrink_run([7] * 10, lambda n: n // 4, "x") == [7, 7]
     assert shrink_run([7] * 10, lambda n: n, "x") == [7] * 10
 
 
 def test_wrapped_run_keeps_its_wrappers_and_mask():
-    from zspa_vllm.one_run import embed_positions, shrink_run
+    from zspa_vllm.frontend.one_run import embed_positions, shrink_run
 
     # Gemma 3 / InternVL shape: text, start token, the run, end token, text
     seq = [1, 2, 5] + [9] * 8 + [6, 2, 1]
@@ -29,7 +29,7 @@ def test_wrapped_run_keeps_its_wrappers_and_mask():
 
 
 def test_n_is_read_from_the_embed_mask():
-    from zspa_vllm.one_run import shrink_run
+    from zspa_vllm.frontend.one_run import shrink_run
 
     seen = []
     shrink_run(_details([5] + [9] * 6 + [6], 9), lambda n: seen.append(n) or n, "x")
@@ -46,7 +46,7 @@ def test_n_is_read_from_the_embed_mask():
 def test_other_layouts_are_refused_with_their_shape(seq, mask, runs):
     from vllm.multimodal.processing import PromptUpdateDetails
 
-    from zspa_vllm.one_run import NotOneRun, shrink_run
+    from zspa_vllm.frontend.one_run import NotOneRun, shrink_run
 
     if mask is None:
         info = _details(seq, 9)
@@ -59,7 +59,7 @@ def test_other_layouts_are_refused_with_their_shape(seq, mask, runs):
 def test_a_mask_that_does_not_follow_the_run_is_refused():
     from vllm.multimodal.processing import PromptUpdateDetails
 
-    from zspa_vllm.one_run import NotOneRun, shrink_run
+    from zspa_vllm.frontend.one_run import NotOneRun, shrink_run
 
     # a positional mask (always positions 1..3) cannot describe a shorter run
     info = PromptUpdateDetails(full=[5, 9, 9, 9, 6], is_embed=lambda full: torch.tensor([0, 1, 1, 1, 0][: len(full)] + [0] * max(0, len(full) - 5), dtype=torch.bool))
@@ -68,7 +68,7 @@ def test_a_mask_that_does_not_follow_the_run_is_refused():
 
 
 def test_layouts_that_are_not_one_run_are_refused_with_why():
-    from server.plugin import support_for
+    from zspa_serve.plugin import support_for
     from zspa_vllm import MODEL_OVERRIDES, NOT_ONE_RUN
 
     assert not set(NOT_ONE_RUN) & set(MODEL_OVERRIDES)
@@ -96,7 +96,7 @@ def test_encoder_graphs_are_kept_only_for_modalities_that_are_not_pruned():
     from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration
     from vllm.v1.worker.encoder_cudagraph_defs import EncoderCudaGraphConfig
 
-    from zspa_vllm.model import NoEncoderGraphForPrunedMixin
+    from zspa_vllm.worker.model import NoEncoderGraphForPrunedMixin
     from zspa_vllm.models.gemma3 import ZspaGemma3ForConditionalGeneration
     from zspa_vllm.models.qwen2_5_vl import ZspaQwen2_5_VLForConditionalGeneration
 
@@ -119,7 +119,7 @@ def test_families_that_count_with_the_hf_processor_use_the_shared_count():
     """The mixin must come before OneRunProcessorMixin, whose base has the default count."""
     from zspa_vllm.models.gemma3 import ZspaGemma3MultiModalProcessor
     from zspa_vllm.models.internvl import ZspaInternVLMultiModalProcessor
-    from zspa_vllm.one_run import CountWithHfProcessorMixin
+    from zspa_vllm.frontend.one_run import CountWithHfProcessorMixin
 
     for cls in (ZspaGemma3MultiModalProcessor, ZspaInternVLMultiModalProcessor):
         owner = next(c for c in cls.__mro__ if "_zspa_num_image_tokens" in vars(c))

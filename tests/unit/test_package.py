@@ -9,7 +9,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 import zspa_vllm
-from zspa_vllm.compat import unsupported_reason, check_vllm_version, installed_vllm_version
+from zspa_vllm.vllm_versions import unsupported_reason, check_vllm_version, installed_vllm_version
 
 
 def test_entry_point_is_declared_for_vllm():
@@ -72,20 +72,20 @@ def test_every_supported_series_is_accepted(version):
 
 
 def test_a_version_difference_is_looked_up_by_series():
-    """zspa_vllm.compat: each table maps the first series a fact holds for to the fact."""
-    from zspa_vllm import compat
+    """zspa_vllm.vllm_versions: each table maps the first series a fact holds for to the fact."""
+    from zspa_vllm import vllm_versions
 
-    assert compat.since(compat.LOCATIONS["make_arg_parser"], "0.32.0").startswith("vllm.entrypoints.launchers.")
-    assert compat.since(compat.LOCATIONS["make_arg_parser"], "0.33.0").startswith("vllm.entrypoints.common.")
-    assert compat.since(compat.LOCATIONS["make_arg_parser"], "0.34.1") == compat.LOCATIONS["make_arg_parser"]["0.33"]
-    assert compat.since(compat.LOCATIONS["Qwen3_5ForConditionalGeneration"], "0.33.0").startswith("vllm.model_executor.")
-    assert compat.since(compat.LOCATIONS["Qwen3_5ForConditionalGeneration"], "0.34.0").startswith("vllm.models.qwen3_5:")
-    assert len(compat.since(compat.PRUNER_FACTORIES, "0.33.0")) == 1
-    assert len(compat.since(compat.PRUNER_FACTORIES, "0.34.0")) == 2
+    assert vllm_versions.since(vllm_versions.LOCATIONS["make_arg_parser"], "0.32.0").startswith("vllm.entrypoints.launchers.")
+    assert vllm_versions.since(vllm_versions.LOCATIONS["make_arg_parser"], "0.33.0").startswith("vllm.entrypoints.common.")
+    assert vllm_versions.since(vllm_versions.LOCATIONS["make_arg_parser"], "0.34.1") == vllm_versions.LOCATIONS["make_arg_parser"]["0.33"]
+    assert vllm_versions.since(vllm_versions.LOCATIONS["Qwen3_5ForConditionalGeneration"], "0.33.0").startswith("vllm.model_executor.")
+    assert vllm_versions.since(vllm_versions.LOCATIONS["Qwen3_5ForConditionalGeneration"], "0.34.0").startswith("vllm.models.qwen3_5:")
+    assert len(vllm_versions.since(vllm_versions.PRUNER_FACTORIES, "0.33.0")) == 1
+    assert len(vllm_versions.since(vllm_versions.PRUNER_FACTORIES, "0.34.0")) == 2
     with pytest.raises(LookupError, match="0.31"):
-        compat.since(compat.LOCATIONS["make_arg_parser"], "0.31.0")
+        vllm_versions.since(vllm_versions.LOCATIONS["make_arg_parser"], "0.31.0")
     # the installed release resolves to real objects
-    assert callable(compat.vllm_object("make_arg_parser")) and callable(compat.vllm_object("cli_env_setup"))
+    assert callable(vllm_versions.vllm_object("make_arg_parser")) and callable(vllm_versions.vllm_object("cli_env_setup"))
 
 
 STAND_ASIDE_CHECK = """
@@ -107,7 +107,7 @@ def test_next_to_another_vllm_the_plugin_registers_nothing_and_says_so_once(vers
     out = subprocess.run([sys.executable, "-c", STAND_ASIDE_CHECK, version], capture_output=True, text=True, check=True)
     unchanged, imported = eval(out.stdout.strip().splitlines()[-1])
     assert unchanged
-    assert imported == ["zspa_vllm.compat"]  # nothing else of ours loaded
+    assert imported == ["zspa_vllm.vllm_versions"]  # nothing else of ours loaded
     warnings = [line for line in out.stderr.splitlines() if "registers nothing" in line]
     assert len(warnings) == 1, out.stderr
     assert f"found vLLM {version}" in warnings[0] and "supports vLLM 0.32.x, 0.33.x, 0.34.x" in warnings[0]
@@ -124,7 +124,7 @@ def test_the_supported_vllm_registers_our_models():
 ZSPA_SERVE_CHECK = """
 import sys, vllm
 vllm.__version__ = "0.35.0"
-from server.cli import main
+from zspa_serve.cli import main
 main(["--demo"])
 """
 

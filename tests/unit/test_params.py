@@ -4,13 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zspa_vllm.params import (
-    ENCODER_CACHE_MIB_ENV,
+from zspa_vllm.core.params import (
     KNOB_NAMES,
-    PHASE_TIMINGS_ENV,
     PruneParams,
-    encoder_cache_bytes,
-    phase_timings_enabled,
     parse_knobs,
     split_knobs,
 )
@@ -27,33 +23,6 @@ def test_query_scope_parses_and_overrides_defaults():
     defaults = PruneParams(0.5, query_scope="last_turn")
     assert parse_knobs({"keep_rate": 0.25}, defaults).query_scope == "last_turn"
     assert parse_knobs({"query_scope": "image_turn"}, defaults).query_scope == "image_turn"
-
-
-@pytest.mark.parametrize(
-    "value, expected",
-    [(None, 512 << 20), ("", 512 << 20), ("0", 0), (" 64 ", 64 << 20), ("4096", 4096 << 30 >> 10)],
-)
-def test_encoder_cache_size(value, expected):
-    environ = {} if value is None else {ENCODER_CACHE_MIB_ENV: value}
-    assert encoder_cache_bytes(environ) == expected
-
-
-@pytest.mark.parametrize("value", ["-1", "1.5", "lots", "1e3"])
-def test_bad_encoder_cache_size_names_variable_and_value(value):
-    with pytest.raises(ValueError) as err:
-        encoder_cache_bytes({ENCODER_CACHE_MIB_ENV: value})
-    assert str(err.value) == f"ZSPA_ENCODER_CACHE_MIB must be a whole number of MiB >= 0, got {value!r}"
-
-
-@pytest.mark.parametrize("value, expected", [(None, False), ("", False), ("0", False), ("1", True), (" 1 ", True)])
-def test_phase_timings_switch(value, expected):
-    assert phase_timings_enabled({} if value is None else {PHASE_TIMINGS_ENV: value}) is expected
-
-
-@pytest.mark.parametrize("value", ["yes", "2", "true"])
-def test_bad_phase_timings_switch_names_variable_and_value(value):
-    with pytest.raises(ValueError, match=rf"^ZSPA_PHASE_TIMINGS must be 0 or 1, got '{value}'$"):
-        phase_timings_enabled({PHASE_TIMINGS_ENV: value})
 
 
 @pytest.mark.parametrize("spelling", [0.25, "0.25", 0.250, " 0.25 ", "2.5e-1", 0.2500000000001])

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from tests.engine.harness import fixture_path
-from zspa_eval import show
-from zspa_vllm.params import PruneParams
-from zspa_vllm.patch_geometry import NoGeometry, image_geometry
+from zspa_demo import show
+from zspa_vllm.core.params import PruneParams
+from zspa_vllm.core.patch_geometry import NoGeometry, image_geometry
 
 
 def geometry(family: str, size: tuple[int, int]):

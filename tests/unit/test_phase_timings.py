@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from zspa_vllm.phase_timings import PhaseTimer, PhaseTimes, read_stats, stats_file
+from zspa_vllm.worker.phase_timings import PhaseTimer, PhaseTimes, read_stats, stats_file
 
 
 def test_timed_blocks_add_their_time_and_items():

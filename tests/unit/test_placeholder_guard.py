@@ -1,12 +1,12 @@
 """The processor refuses a prompt whose shortened image (or video) runs the model would
-not fill with exactly as many rows (zspa_vllm.processor._check_placeholders)."""
+not fill with exactly as many rows (zspa_vllm.frontend.processor._check_placeholders)."""
 
 import pytest
 import torch
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems, PlaceholderRange
 from transformers import BatchFeature
 
-from zspa_vllm.processor import _check_placeholders
+from zspa_vllm.frontend.processor import _check_placeholders
 
 
 def items(modality="image", **fields):

@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.engine.harness import fixture_path
-from zspa_vllm.query import CHATML_USER_TURN, LLAVA_USER_TURN, MISTRAL_USER_TURN, query_text, query_token_ids
+from zspa_vllm.core.query import CHATML_USER_TURN, LLAVA_USER_TURN, MISTRAL_USER_TURN, query_text, query_token_ids
 
 FAMILIES = {
     "llava-1.5": LLAVA_USER_TURN,
@@ -129,7 +129,7 @@ CHATS = {
 
 
 def _queries(family, messages, scope):
-    from zspa_vllm.query import item_query_token_ids
+    from zspa_vllm.core.query import item_query_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(fixture_path(family))
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -159,7 +159,7 @@ def test_an_image_keeps_its_query_as_the_chat_grows(family):
 
 
 def test_markers_that_do_not_match_the_images_fall_back_to_the_last_turn():
-    from zspa_vllm.query import item_query_texts
+    from zspa_vllm.core.query import item_query_texts
 
     prompt = "USER: <image>\nfirst ASSISTANT: a</s>USER: second ASSISTANT:"
     specials = ["<image>", "</s>"]

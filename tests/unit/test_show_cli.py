@@ -10,7 +10,7 @@ import pytest
 
 from tests.engine.harness import fixture_path
 from tests.fixtures.images import make_image
-from zspa_eval import show
+from zspa_demo import show
 
 
 @pytest.fixture(scope="module")

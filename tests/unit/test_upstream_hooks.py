@@ -19,7 +19,7 @@ def test_hash_factors_still_include_processor_kwargs():
 
 
 def test_the_runners_hooked_are_the_ones_that_run():
-    """zspa_vllm.runner_hooks wraps GPUModelRunner._gather_mm_embeddings (V1) and MRv2's
+    """zspa_vllm.worker.runner_hooks wraps GPUModelRunner._gather_mm_embeddings (V1) and MRv2's
     maybe_create_mm_pruner: vLLM's CPU runners must be those GPU runners underneath."""
     from vllm.v1.worker import gpu_model_runner
     from vllm.v1.worker.cpu.model_runner import CPUModelRunner as CPUModelRunnerV2
@@ -32,25 +32,25 @@ def test_the_runners_hooked_are_the_ones_that_run():
 
 
 def test_config_hooks_map_is_a_dict():
-    """zspa_vllm.config_checks puts its refusals into this per-architecture map."""
+    """zspa_vllm.engine.config_checks puts its refusals into this per-architecture map."""
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
     assert isinstance(MODELS_CONFIG_MAP, dict)
 
 
 def test_scheduler_choice_our_factory_mirrors():
-    """zspa_vllm.encoder_budget.scheduler builds, charging unpruned tokens, the class vLLM
+    """zspa_vllm.engine.encoder_budget.scheduler builds, charging unpruned tokens, the class vLLM
     picks when no scheduler class is named."""
     from vllm.config import SchedulerConfig
     from vllm.v1.core.sched.async_scheduler import AsyncScheduler
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    from zspa_vllm import encoder_budget
+    from zspa_vllm.engine import encoder_budget
 
     for async_scheduling, expected in ((True, AsyncScheduler), (False, Scheduler)):
         config = SchedulerConfig(max_model_len=64, is_encoder_decoder=False, async_scheduling=async_scheduling)
         assert config.get_scheduler_cls() is expected
-    config = SchedulerConfig(max_model_len=64, is_encoder_decoder=False, scheduler_cls="zspa_vllm.encoder_budget.scheduler")
+    config = SchedulerConfig(max_model_len=64, is_encoder_decoder=False, scheduler_cls="zspa_vllm.engine.encoder_budget.scheduler")
     assert config.get_scheduler_cls() is encoder_budget.scheduler
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.upstream import pins, sources
-from zspa_vllm import compat, encoder_budget
+from zspa_vllm import vllm_touch_points, vllm_versions
+from zspa_vllm.engine import encoder_budget
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKED = pins.releases_to_check()
@@ -27,7 +28,37 @@ def _cases(table_of):
     ]
 
 
-@pytest.mark.parametrize("series, release, path", _cases(lambda series: pins.SIGNATURES[series]))
+def _pinned_cases(table_of):
+    """The catalogued places (zspa_vllm/vllm_touch_points.py) that ``table_of(series)`` pins."""
+    return _cases(lambda series: [key for key in vllm_touch_points.targets() if key in table_of(series)])
+
+
+def _pinned_somewhere() -> set[str]:
+    paths = {*pins.FIELDS, *pins.HAS_FIELDS}
+    for series in pins.RELEASES:
+        paths |= {*pins.SIGNATURES[series], *pins.SNIPPETS[series]}
+    return paths
+
+
+def test_every_pin_is_catalogued_and_every_catalogued_place_pinned():
+    catalogued = set(vllm_touch_points.targets())
+    assert _pinned_somewhere() - catalogued == set(), "pinned in tests/upstream/pins.py but not in zspa_vllm/vllm_touch_points.py"
+    assert catalogued - _pinned_somewhere() == set(), "catalogued but pinned for no release"
+
+
+def test_each_touch_point_says_what_why_where_and_its_runtime_check_exists():
+    for point in vllm_touch_points.TOUCH_POINTS:
+        assert point.how in (vllm_touch_points.SUBCLASSED, vllm_touch_points.OVERRIDDEN, vllm_touch_points.WRAPPED,
+                             vllm_touch_points.REGISTERED, vllm_touch_points.READ, vllm_touch_points.CALLED), point
+        assert point.why and point.targets, point
+        for module in point.where.replace("*", "").split(", "):
+            assert (REPO / module).exists() or (REPO / "zspa_vllm/models" / module).exists() or "*" in point.where, module
+        if point.checked_by:
+            path, _, test = point.checked_by.partition("::")
+            assert f"def {test}(" in (REPO / path).read_text(), point.checked_by
+
+
+@pytest.mark.parametrize("series, release, path", _pinned_cases(lambda series: pins.SIGNATURES[series]))
 def test_signature_is_the_pinned_one(series, release, path):
     found = sources.signature(release, path)
     assert found == pins.SIGNATURES[series][path], (
@@ -36,7 +67,7 @@ def test_signature_is_the_pinned_one(series, release, path):
     )
 
 
-@pytest.mark.parametrize("series, release, path", _cases(lambda series: pins.SNIPPETS[series]))
+@pytest.mark.parametrize("series, release, path", _pinned_cases(lambda series: pins.SNIPPETS[series]))
 def test_source_still_says_what_the_plugin_relies_on(series, release, path):
     text = sources.source(release, path)
     snippets = pins.SNIPPETS[series][path]
@@ -48,7 +79,7 @@ def test_source_still_says_what_the_plugin_relies_on(series, release, path):
     assert not missing, f"vLLM {release}'s {path} no longer contains {missing}"
 
 
-@pytest.mark.parametrize("series, release, path", _cases(lambda series: {**pins.FIELDS, **pins.HAS_FIELDS}))
+@pytest.mark.parametrize("series, release, path", _pinned_cases(lambda series: {**pins.FIELDS, **pins.HAS_FIELDS}))
 def test_dataclass_fields(series, release, path):
     found = sources.fields(release, path)
     if path in pins.FIELDS:
@@ -59,7 +90,7 @@ def test_dataclass_fields(series, release, path):
 
 def _vllm_imports() -> set[tuple[str, str]]:
     names = set()
-    for package in ("zspa_vllm", "server", "zspa_eval"):
+    for package in ("zspa_vllm", "zspa_serve", "zspa_eval", "zspa_demo"):
         for path in (REPO / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vllm":
@@ -79,23 +110,23 @@ def test_every_vllm_name_the_package_imports_exists(series, release):
     assert not missing, f"vLLM {release} lacks {missing}"
 
 
-@pytest.mark.parametrize("series, release, name", _cases(lambda series: compat.LOCATIONS))
+@pytest.mark.parametrize("series, release, name", _cases(lambda series: vllm_versions.LOCATIONS))
 def test_each_moved_name_is_where_compat_looks_for_it(series, release, name):
-    location = compat.since(compat.LOCATIONS[name], release)
+    location = vllm_versions.since(vllm_versions.LOCATIONS[name], release)
     assert sources.find(release, location) is not None, f"vLLM {release} has no {location}"
 
 
 @pytest.mark.parametrize("series, release", CHECKED, ids=[r for _, r in CHECKED])
 def test_scheduler_tables_follow_the_release(series, release):
-    """zspa_vllm.compat's scheduler facts, read off the release's own code."""
+    """zspa_vllm.vllm_versions's scheduler facts, read off the release's own code."""
     schedule = sources.normalized(sources.source(release, "vllm.v1.core.sched.scheduler:Scheduler.schedule"))
     requeues = "Encoder cache pressure must not split a prompt" in schedule
-    assert compat.since(compat.REQUEUES_CUT_WHOLE_PROMPTS, release) is requeues
+    assert vllm_versions.since(vllm_versions.REQUEUES_CUT_WHOLE_PROMPTS, release) is requeues
     try_encoder = sources.normalized(
         sources.source(release, "vllm.v1.core.sched.scheduler:Scheduler._try_schedule_encoder_inputs")
     )
     keeps_shift = "num_new_tokens = start_pos - (num_computed_tokens + shift_computed_tokens)" in try_encoder
-    assert compat.since(compat.ROLLBACK_KEEPS_DRAFTER_SHIFT, release) is keeps_shift
+    assert vllm_versions.since(vllm_versions.ROLLBACK_KEEPS_DRAFTER_SHIFT, release) is keeps_shift
     # the async scheduler inherits the method the mixin wraps
     assert not sources.class_defines(
         release, "vllm.v1.core.sched.async_scheduler:AsyncScheduler", "_try_schedule_encoder_inputs"
@@ -104,8 +135,8 @@ def test_scheduler_tables_follow_the_release(series, release):
 
 @pytest.mark.parametrize("series, release", CHECKED, ids=[r for _, r in CHECKED])
 def test_every_mrv2_runner_of_the_release_has_its_pruner_hooked(series, release):
-    """Each Model Runner V2 variant that builds an M-RoPE pruner is in compat.PRUNER_FACTORIES."""
-    hooked = {factory for _, factory, _ in compat.since(compat.PRUNER_FACTORIES, release)}
+    """Each Model Runner V2 variant that builds an M-RoPE pruner is in vllm_versions.PRUNER_FACTORIES."""
+    hooked = {factory for _, factory, _ in vllm_versions.since(vllm_versions.PRUNER_FACTORIES, release)}
     root = sources.source_root(release) / "vllm" / "v1" / "worker"
     defining = {
         ".".join(path.relative_to(root.parents[2]).with_suffix("").parts)
@@ -113,7 +144,7 @@ def test_every_mrv2_runner_of_the_release_has_its_pruner_hooked(series, release)
         if "def maybe_create_mm_pruner(" in path.read_text()
     }
     assert defining == hooked
-    for runner, factory, state in compat.since(compat.PRUNER_FACTORIES, release):
+    for runner, factory, state in vllm_versions.since(vllm_versions.PRUNER_FACTORIES, release):
         assert sources.module_file(release, runner) is not None, runner
         assert sources.signature(release, f"{factory}:maybe_create_mm_pruner") == pins.SIGNATURES[series].get(
             f"{factory}:maybe_create_mm_pruner"
@@ -124,9 +155,9 @@ def test_every_mrv2_runner_of_the_release_has_its_pruner_hooked(series, release)
 @pytest.mark.parametrize("series, release, arch", _cases(lambda series: ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")))
 def test_qwen3_5_is_qwen3_vl_on_the_vision_side(series, release, arch):
     """zspa_vllm.models.qwen3_5 / qwen3_5_moe say only that they are Qwen3.5: the class
-    vLLM registers (compat.LOCATIONS) takes its image encoding and M-RoPE rule from
+    vLLM registers (vllm_versions.LOCATIONS) takes its image encoding and M-RoPE rule from
     Qwen3-VL unchanged, and its processor is Qwen3-VL's."""
-    module, _, name = compat.since(compat.LOCATIONS[arch], release).partition(":")
+    module, _, name = vllm_versions.since(vllm_versions.LOCATIONS[arch], release).partition(":")
     assert _registered(release, arch) == (module, name), f"vLLM {release} registers {arch} elsewhere"
     path = f"{module}:{name}"
     chain = [path]

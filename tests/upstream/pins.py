@@ -1,11 +1,12 @@
 """What the plugin relies on inside vLLM, pinned per supported release.
 
-Checked by tests/unit/test_upstream_hooks.py on each release's own sources (read, not
+Checked by tests/unit/test_upstream_sources.py on each release's own sources (read, not
 imported: tests/upstream/sources.py), so a release we cannot install here (the CUDA-only
 0.33 and 0.34) is pinned as strictly as the installed one. ``make check-upstream
 VLLM=X.Y.Z`` checks a new release against the newest pins. A change of a pin means: re-read
 the upstream code where the comment points, adapt the plugin (a version difference goes
-into one table of zspa_vllm/compat.py), then pin the release here.
+into one table of zspa_vllm/vllm_versions.py), then pin the release here. Every pinned
+place is an entry of zspa_vllm/vllm_touch_points.py (what, how, why, where; a test checks).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ RELEASE_ENV = "ZSPA_UPSTREAM_VLLM"  # make check-upstream VLLM=X.Y.Z
 # None: absent in that release (and the plugin must not need it there).
 SIGNATURES: dict[str, dict[str, str | None]] = {}
 SIGNATURES["0.32"] = {
-    # processor side (zspa_vllm/processor.py)
+    # processor side (zspa_vllm/frontend/processor.py)
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor.apply": "(self, inputs: ProcessorInputs, timing_ctx: TimingContext) -> MultiModalInput",
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor._apply_hf_processor_main": "(self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]) -> BatchFeature",
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_mm_fields_config": "(self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]) -> Mapping[str, MultiModalFieldConfig]",
@@ -29,20 +30,20 @@ SIGNATURES["0.32"] = {
     "vllm.multimodal.processing.inputs:ProcessorInputs.get_mm_hashes": "(self, model_id: str, hash_algorithm: MMHasherAlgorithm) -> MultiModalHashes",
     "vllm.multimodal.registry:MultiModalRegistry.register_processor": "(self, processor: MultiModalProcessorFactory[_I], *, info: ProcessingInfoFactory[_I], dummy_inputs: DummyInputsBuilderFactory[_I])",
     "vllm.multimodal.inputs:MultiModalFieldConfig.batched": "(modality: str, *, keep_on_cpu: bool=False)",
-    # per-item identities, cache-missing items, fields for embeddings too (zspa_vllm/processor.py)
+    # per-item identities, cache-missing items, fields for embeddings too (zspa_vllm/frontend/processor.py)
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_mm_hashes": "(self, inputs: ProcessorInputs) -> MultiModalHashes",
     "vllm.multimodal.processing.processor:BaseMultiModalProcessor._get_cache_missing_processor_kwargs": "(self, inputs: ProcessorInputs, mm_is_cached: MultiModalIsCached) -> Mapping[str, object]",
     "vllm.multimodal.parse:EmbeddingItems.get_feature_size": "(self, item_idx: int) -> int",
     "vllm.multimodal.hasher:MultiModalHasher.hash_kwargs": "(cls, algorithm: MMHasherAlgorithm, /, **kwargs: object) -> str",
     "vllm.multimodal.inputs:PlaceholderRange.get_num_embeds": "(self) -> int",
-    # start-up refusals (zspa_vllm/config_checks.py)
+    # start-up refusals (zspa_vllm/engine/config_checks.py)
     "vllm.model_executor.models.config:VerifyAndUpdateConfig.verify_and_update_config": "(vllm_config: 'VllmConfig') -> None",
     "vllm.model_executor.models.config:VerifyAndUpdateConfig.verify_and_update_model_config": "(model_config: 'ModelConfig') -> None",
-    # the encoder-output cache's rank (zspa_vllm/model.py)
+    # the encoder-output cache's rank (zspa_vllm/worker/model.py)
     "vllm.distributed.parallel_state:get_tensor_model_parallel_rank": "() -> int",
-    # one run of embed positions per item (zspa_vllm/one_run.py)
+    # one run of embed positions per item (zspa_vllm/frontend/one_run.py)
     "vllm.multimodal.processing.processor:PromptUpdateDetails.select_token_id": "(seq: list[int], embed_token_id: int) -> 'PromptUpdateDetails'",
-    # model side (zspa_vllm/model.py, zspa_vllm/models/llava.py)
+    # model side (zspa_vllm/worker/model.py, zspa_vllm/models/llava.py)
     "vllm.model_executor.models.llava:LlavaForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> MultiModalEmbeddings",
     "vllm.model_executor.models.llava:BaseLlavaMultiModalProcessor._get_prompt_updates": "(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]",
     "vllm.model_executor.models.llava:_build_llava_or_pixtral_hf_processor": "(info: _I, dummy_inputs: BaseDummyInputsBuilder[_I]) -> BaseMultiModalProcessor",
@@ -51,13 +52,13 @@ SIGNATURES["0.32"] = {
     "vllm.model_executor.models.llava_next:LlavaNextForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> MultiModalEmbeddings",
     "vllm.model_executor.models.llava_next:LlavaNextProcessingInfo.get_num_image_tokens": "(self, *, image_width: int, image_height: int) -> int",
     "vllm.model_executor.models.llava_next:LlavaNextMultiModalProcessor._get_prompt_updates": "(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]",
-    # Qwen2-VL (zspa_vllm/models/qwen2_vl.py, qwen.py, zspa_vllm/mrope.py)
+    # Qwen2-VL (zspa_vllm/models/qwen2_vl.py, qwen.py, zspa_vllm/worker/mrope.py)
     "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> MultiModalEmbeddings",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.get_mrope_input_positions": "(self, input_tokens: list[int], mm_features: list[MultiModalFeatureSpec]) -> tuple[torch.Tensor, int]",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLForConditionalGeneration.get_encoder_cudagraph_config": "(self)",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLProcessingInfo.get_hf_processor": "(self, **kwargs: object) -> Qwen2VLProcessor",
     "vllm.model_executor.models.qwen2_vl:Qwen2VLMultiModalProcessor._get_prompt_updates": "(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]",
-    # Qwen2.5-VL and its M-RoPE plumbing (zspa_vllm/models/qwen2_5_vl.py, qwen.py, zspa_vllm/mrope.py)
+    # Qwen2.5-VL and its M-RoPE plumbing (zspa_vllm/models/qwen2_5_vl.py, qwen.py, zspa_vllm/worker/mrope.py)
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.embed_multimodal": "(self, **kwargs: object) -> MultiModalEmbeddings",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions": "(self, input_tokens: list[int], mm_features: list[MultiModalFeatureSpec]) -> tuple[torch.Tensor, int]",
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.recompute_mrope_positions": "(self, input_ids: list[int] | torch.Tensor, multimodal_embeddings: Sequence[torch.Tensor], mrope_positions: torch.LongTensor, num_computed_tokens: int) -> tuple[Sequence[torch.Tensor], torch.Tensor, int]",
@@ -88,15 +89,15 @@ SIGNATURES["0.32"] = {
     # runner hooks that make the runners call recompute_mrope_positions for images
     "vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings": "(self, scheduler_output: 'SchedulerOutput', shift_computed_tokens: int=0) -> tuple[list[torch.Tensor], torch.Tensor]",
     "vllm.v1.worker.gpu.model_states.mm_pruning:maybe_create_mm_pruner": "(model_config: ModelConfig, model: nn.Module, rope_state: RopeState | None, encoder_cache: EncoderCache | None) -> MultiModalPruner | None",
-    # the scheduler charging unpruned encoder work (zspa_vllm/encoder_budget.py)
+    # the scheduler charging unpruned encoder work (zspa_vllm/engine/encoder_budget.py)
     "vllm.v1.core.sched.scheduler:Scheduler._try_schedule_encoder_inputs": "(self, request: Request, num_computed_tokens: int, num_new_tokens: int, encoder_compute_budget: int, shift_computed_tokens: int=0) -> tuple[list[int], int, int, list[int], list[int]]",
     "vllm.v1.core.sched.async_scheduler:AsyncScheduler._try_schedule_encoder_inputs": "(self, request: Request, num_computed_tokens: int, num_new_tokens: int, encoder_compute_budget: int, shift_computed_tokens: int=0) -> tuple[list[int], int, int, list[int], list[int]]",
     "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.__init__": "(self, model: nn.Module, rope_state: RopeState, encoder_cache: EncoderCache, inputs_embeds_size: int) -> None",    # M-RoPE positions reach MRv2's RopeState from get_mrope_input_positions (a CPU tensor)
     "vllm.v1.worker.gpu.mm.rope:RopeState.init_prefill_positions": "(self, req_idx: int, model: nn.Module, prefill_token_ids: list[int], mm_features: list) -> None",
-    # the serve CLI's building blocks (server/cli.py through zspa_vllm.compat.LOCATIONS)
+    # the serve CLI's building blocks (zspa_serve/cli.py through zspa_vllm.vllm_versions.LOCATIONS)
     "vllm.entrypoints.launchers.cli_args:make_arg_parser": "(parser: FlexibleArgumentParser) -> FlexibleArgumentParser",
     "vllm.entrypoints.serve.utils.api_utils:cli_env_setup": "()",
-    # server/media.py: the media connector zspa-serve names, on a guarded session
+    # zspa_serve/media.py: the media connector zspa-serve names, on a guarded session
     "vllm.multimodal.media.connector:MediaConnector.load_from_url_async": "(self, url: str, media_io: MediaIO[_M], *, fetch_timeout: int | None=None) -> _M",
     "vllm.multimodal.media.connector:MediaConnector.load_from_url": "(self, url: str, media_io: MediaIO[_M], *, fetch_timeout: int | None=None) -> _M",
     "vllm.multimodal.media.connector:MediaConnector._load_file_url": "(self, url_spec: Url, media_io: MediaIO[_M]) -> _M",
@@ -170,9 +171,9 @@ SNIPPETS["0.32"] = {
         "pos_info = mm_feature.mm_position",
         "img_doc_range = pos_info.extract_embeds_range()",
     ),
-    # zspa_vllm.config_checks puts its refusals into this per-architecture map
+    # zspa_vllm.engine.config_checks puts its refusals into this per-architecture map
     "vllm.config.vllm:VllmConfig.try_verify_and_update_config": ("MODELS_CONFIG_MAP.get(architecture",),
-    # zspa_vllm.encoder_budget: EngineCore builds what scheduler_cls resolves to, with
+    # zspa_vllm.engine.encoder_budget: EngineCore builds what scheduler_cls resolves to, with
     # keywords only; each step's encoder work is sized by max_num_encoder_input_tokens
     "vllm.v1.engine.core:EngineCore.__init__": (
         "Scheduler = vllm_config.scheduler_config.get_scheduler_cls()",
@@ -186,7 +187,7 @@ SNIPPETS["0.32"] = {
     ),
     # MRv2 reads our positions with .tolist() (a tensor or anything indexable per channel)
     "vllm.v1.worker.gpu.mm.rope:RopeState.init_prefill_positions": ("pos = prefill_positions[i].tolist()",),
-    # server/media.py: chat media load through the connector VLLM_MEDIA_CONNECTOR names, which
+    # zspa_serve/media.py: chat media load through the connector VLLM_MEDIA_CONNECTOR names, which
     # fetches with its connection; that connection keeps one session; vLLM bounds decoded
     # pixels; a VLLMValidationError is a 400 naming its parameter
     "vllm.renderers.chat_utils": ("MEDIA_CONNECTOR_REGISTRY.load( envs.VLLM_MEDIA_CONNECTOR,",),
@@ -261,12 +262,12 @@ FIELDS = {
     # the scheduler reads an item's identity (tagged with its unpruned count) and position
     "vllm.multimodal.inputs:MultiModalFeatureSpec": ["data", "modality", "identifier", "mm_position", "mm_hash"],
     "vllm.multimodal.inputs:PlaceholderRange": ["offset", "length", "is_embed"],
-    # a family's replacement, rebuilt with a shorter run (zspa_vllm/one_run.py)
+    # a family's replacement, rebuilt with a shorter run (zspa_vllm/frontend/one_run.py)
     "vllm.multimodal.processing.processor:PromptUpdateDetails": ["full", "is_embed"],
     "vllm.multimodal.processing.processor:PromptReplacement": ["modality", "target", "replacement"],
 }
-# fields that must exist (zspa_vllm.model sizes its vision-encoder groups by the first;
-# zspa_vllm.encoder_budget reads the second)
+# fields that must exist (zspa_vllm.worker.model sizes its vision-encoder groups by the first;
+# zspa_vllm.engine.encoder_budget reads the second)
 HAS_FIELDS = {"vllm.config.scheduler:SchedulerConfig": ["max_num_encoder_input_tokens", "enable_chunked_prefill"]}
 
 

@@ -1,7 +1,7 @@
 """Gemma 3 (``Gemma3ForConditionalGeneration``) with ZSPAPrune.
 
 An image is ``\\n\\n<start_of_image>`` + 256 soft tokens + ``<end_of_image>\\n\\n``; only
-the soft-token run shrinks (``zspa_vllm.one_run``), the wrappers stay. Image tokens
+the soft-token run shrinks (``zspa_vllm.frontend.one_run``), the wrappers stay. Image tokens
 attend to each other bidirectionally: vLLM rebuilds those ranges every step from each
 item's placeholder embed range, so the shorter run gets a shorter bidirectional block.
 1-D RoPE: the kept tokens take consecutive positions.
@@ -22,9 +22,9 @@ from vllm.model_executor.models.gemma3_mm import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from zspa_vllm.model import NoEncoderGraphForPrunedMixin, PruningModelMixin
-from zspa_vllm.one_run import CountWithHfProcessorMixin, OneRunProcessorMixin
-from zspa_vllm.query import GEMMA_USER_TURN
+from zspa_vllm.worker.model import NoEncoderGraphForPrunedMixin, PruningModelMixin
+from zspa_vllm.frontend.one_run import CountWithHfProcessorMixin, OneRunProcessorMixin
+from zspa_vllm.core.query import GEMMA_USER_TURN
 
 
 class ZspaGemma3MultiModalProcessor(CountWithHfProcessorMixin, OneRunProcessorMixin, Gemma3MultiModalProcessor):

@@ -2,7 +2,7 @@
 which vLLM 0.32 serves with ``InternS1ForConditionalGeneration``) with ZSPAPrune.
 
 An image is ``<img>`` + ``<IMG_CONTEXT>`` x 256 per tile (its 1-12 aspect-ratio tiles,
-then the thumbnail) + ``</img>``: one run over all tiles (``zspa_vllm.one_run``), one
+then the thumbnail) + ``</img>``: one run over all tiles (``zspa_vllm.frontend.one_run``), one
 budget per image; the pixel shuffle runs before the projector, so the rows vLLM's
 ``embed_multimodal`` returns are 1:1 with that run. Videos (one run per frame, with
 ``Frame{i}:`` text between) are served unpruned. 1-D RoPE: the kept tokens take
@@ -20,9 +20,9 @@ from vllm.model_executor.models.interns1 import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from zspa_vllm.model import PruningModelMixin
-from zspa_vllm.one_run import CountWithHfProcessorMixin, OneRunProcessorMixin
-from zspa_vllm.query import CHATML_USER_TURN
+from zspa_vllm.worker.model import PruningModelMixin
+from zspa_vllm.frontend.one_run import CountWithHfProcessorMixin, OneRunProcessorMixin
+from zspa_vllm.core.query import CHATML_USER_TURN
 
 
 class ZspaInternVLMultiModalProcessor(CountWithHfProcessorMixin, OneRunProcessorMixin, InternS1MultiModalProcessor):

@@ -1,6 +1,6 @@
 """LLaVA-1.5 (``LlavaForConditionalGeneration``) with ZSPAPrune.
 
-Each image is one run of ``<image>`` tokens (``zspa_vllm.one_run``); 1-D RoPE: the kept
+Each image is one run of ``<image>`` tokens (``zspa_vllm.frontend.one_run``); 1-D RoPE: the kept
 tokens simply take consecutive positions, nothing else changes.
 """
 
@@ -16,9 +16,9 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from zspa_vllm.model import PruningModelMixin
-from zspa_vllm.one_run import OneRunProcessorMixin
-from zspa_vllm.query import LLAVA_USER_TURN
+from zspa_vllm.worker.model import PruningModelMixin
+from zspa_vllm.frontend.one_run import OneRunProcessorMixin
+from zspa_vllm.core.query import LLAVA_USER_TURN
 
 
 class ZspaLlavaMultiModalProcessor(OneRunProcessorMixin, LlavaMultiModalProcessor):

@@ -5,7 +5,7 @@ What is pruned: the whole flattened any-resolution sequence of one image exactly
 tile features, then the unpadded grid features row by row, each row followed by its
 ``image_newline`` row. ``n`` is that length, which is the placeholder count vLLM uses
 (``LlavaNextProcessingInfo.get_num_image_tokens`` of the image size), one run of
-``<image>`` tokens (``zspa_vllm.one_run``); ``l = num_kept(n, keep_rate)``. Newline rows
+``<image>`` tokens (``zspa_vllm.frontend.one_run``); ``l = num_kept(n, keep_rate)``. Newline rows
 compete like any other token (they are identical vectors, so the diversity step keeps at
 most one of them unless the relevance core wants more). The kept rows keep their
 relative order (base first, then the grid in raster order).
@@ -23,9 +23,9 @@ from vllm.model_executor.models.llava_next import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from zspa_vllm.model import PruningModelMixin
-from zspa_vllm.one_run import OneRunProcessorMixin
-from zspa_vllm.query import MISTRAL_USER_TURN
+from zspa_vllm.worker.model import PruningModelMixin
+from zspa_vllm.frontend.one_run import OneRunProcessorMixin
+from zspa_vllm.core.query import MISTRAL_USER_TURN
 
 
 class ZspaLlavaNextMultiModalProcessor(OneRunProcessorMixin, LlavaNextMultiModalProcessor):

@@ -1,6 +1,6 @@
 """LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``) with ZSPAPrune.
 
-An image is one run of ``<image>`` tokens (``zspa_vllm.one_run``) holding exactly what
+An image is one run of ``<image>`` tokens (``zspa_vllm.frontend.one_run``) holding exactly what
 vLLM's ``embed_multimodal`` returns for it: the base (384 view) tile's features, then the
 any-resolution grid (pooled down under ``anyres_max_9``) row by row, each row followed by
 its learned ``image_newline`` row; newline rows compete like any other token, as in
@@ -19,9 +19,9 @@ from vllm.model_executor.models.llava_onevision import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from zspa_vllm.model import PruningModelMixin
-from zspa_vllm.one_run import OneRunProcessorMixin
-from zspa_vllm.query import CHATML_SPACE_USER_TURN
+from zspa_vllm.worker.model import PruningModelMixin
+from zspa_vllm.frontend.one_run import OneRunProcessorMixin
+from zspa_vllm.core.query import CHATML_SPACE_USER_TURN
 
 
 class ZspaLlavaOnevisionMultiModalProcessor(OneRunProcessorMixin, LlavaOnevisionMultiModalProcessor):

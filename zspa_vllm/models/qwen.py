@@ -9,7 +9,7 @@ videos, with timestamp text between grid steps: ``zspa_vllm.models.qwen3_vl``). 
 items' patches are laid back to back in ``pixel_values`` / ``pixel_values_videos``
 (flat), and the vision encoder's CUDA graph is not used for pruned modalities (a
 captured graph would skip ``embed_multimodal``, and so the selection). M-RoPE
-positions: ``zspa_vllm.mrope``.
+positions: ``zspa_vllm.worker.mrope``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 from vllm.multimodal.processing import PromptReplacement
 
-from zspa_vllm.model import NoEncoderGraphForPrunedMixin, PruningModelMixin
-from zspa_vllm.mrope import PrunedMropeMixin
-from zspa_vllm.processor import MODALITIES, ZSPA_KWARG, PruningProcessorMixin
-from zspa_vllm.query import CHATML_USER_TURN
+from zspa_vllm.worker.model import NoEncoderGraphForPrunedMixin, PruningModelMixin
+from zspa_vllm.worker.mrope import PrunedMropeMixin
+from zspa_vllm.core.fields import MODALITIES, ZSPA_KWARG
+from zspa_vllm.frontend.processor import PruningProcessorMixin
+from zspa_vllm.core.query import CHATML_USER_TURN
 
 
 class QwenPruningProcessorMixin(PruningProcessorMixin):

@@ -1,7 +1,7 @@
 """Qwen2-VL (``Qwen2VLForConditionalGeneration``) with ZSPAPrune, for images and videos.
 
 Everything but the class names is shared with the other Qwen families
-(``zspa_vllm.models.qwen``, positions in ``zspa_vllm.mrope``). A video is one run of
+(``zspa_vllm.models.qwen``, positions in ``zspa_vllm.worker.mrope``). A video is one run of
 tokens over all its frames, pruned to one budget across frames; its kept tokens keep
 their (t, h, w) positions.
 """
@@ -17,7 +17,7 @@ from vllm.model_executor.models.qwen2_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from zspa_vllm.models.qwen import QwenPruningModelMixin, QwenPruningProcessorMixin
-from zspa_vllm.processor import PruningInfoMixin
+from zspa_vllm.frontend.processor import PruningInfoMixin
 
 
 class ZspaQwen2VLMultiModalProcessor(QwenPruningProcessorMixin, Qwen2VLMultiModalProcessor):

@@ -8,10 +8,10 @@ from vllm.model_executor.models.qwen3_5 import Qwen3_5MoeProcessingInfo
 from vllm.model_executor.models.qwen3_vl import Qwen3VLDummyInputsBuilder
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from zspa_vllm.compat import vllm_object
+from zspa_vllm.vllm_versions import vllm_object
 from zspa_vllm.models.qwen import Qwen3PruningModelMixin
 from zspa_vllm.models.qwen3_vl import ZspaQwen3VLMultiModalProcessor
-from zspa_vllm.processor import PruningInfoMixin
+from zspa_vllm.frontend.processor import PruningInfoMixin
 
 # the class vLLM registers for the architecture on this release and platform
 Qwen3_5MoeForConditionalGeneration = vllm_object("Qwen3_5MoeForConditionalGeneration")

@@ -8,7 +8,7 @@ timestamp; its budget (over all steps' tokens) is split evenly over the steps' r
 which the kept tokens fill in order, each at its own unpruned position: vLLM fixes the
 prompt before the vision encoder runs, so the runs cannot follow the selection. (vLLM's
 EVS puts all kept tokens in the first step's run.) Processor, positions
-(``zspa_vllm.mrope``, on top of Qwen3-VL's own interleaved M-RoPE rule) and the rest are
+(``zspa_vllm.worker.mrope``, on top of Qwen3-VL's own interleaved M-RoPE rule) and the rest are
 shared (``zspa_vllm.models.qwen``).
 """
 
@@ -25,7 +25,7 @@ from vllm.model_executor.models.qwen3_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from zspa_vllm.models.qwen import Qwen3PruningModelMixin, QwenPruningProcessorMixin
-from zspa_vllm.processor import PruningInfoMixin
+from zspa_vllm.frontend.processor import PruningInfoMixin
 
 
 def step_slots(keep: int, steps: int) -> list[int]:

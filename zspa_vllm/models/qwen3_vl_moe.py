@@ -10,7 +10,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from zspa_vllm.models.qwen import Qwen3PruningModelMixin
 from zspa_vllm.models.qwen3_vl import ZspaQwen3VLMultiModalProcessor
-from zspa_vllm.processor import PruningInfoMixin
+from zspa_vllm.frontend.processor import PruningInfoMixin
 
 
 class ZspaQwen3VLMoeProcessingInfo(PruningInfoMixin, Qwen3VLMoeProcessingInfo):
