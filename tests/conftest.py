@@ -2,11 +2,13 @@
 of tests/engine/harness.py: offline, one process, and the model runner (MRv2 unless
 VLLM_USE_V2_MODEL_RUNNER=0), so a server test's zspa-serve runs what the engine tests run."""
 
-from tests.engine import harness  # noqa: F401
-
 import os
 
 import pytest
+
+from tests.engine import harness
+
+harness.set_engine_environment()  # before anything imports vLLM
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Fixtures for engine tests; the helpers live in tests/engine/harness.py.
 
-Importing harness first sets VLLM_ENABLE_V1_MULTIPROCESSING=0, VLLM_CPU_KVCACHE_SPACE=1
+tests/conftest.py sets VLLM_ENABLE_V1_MULTIPROCESSING=0, VLLM_CPU_KVCACHE_SPACE=1
 etc. before anything imports vLLM.
 """
 
@@ -15,15 +15,6 @@ from tests.engine.harness import STOCK_VLLM_PLUGINS, free_engine, start_engine
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def model_runner(request):
-    """Modules marked ``v1_runner`` start their engines, and their child engines, on vLLM's
-    V1 runner; every other module runs the runner the environment names (harness:
-    MRv2 unless VLLM_USE_V2_MODEL_RUNNER=0)."""
-    with harness.runner("V1" if request.node.get_closest_marker("v1_runner") else None):
-        yield
-
-
 @pytest.fixture(scope="module")
 def stock_engines():
     """``start_engine`` with the zspa plugin excluded through VLLM_PLUGINS; one engine

@@ -1,7 +1,7 @@
 """Helpers for tests that start a real vLLM engine on the tiny fixtures.
 
-Importing this module sets the engine environment variables, so import it before vLLM
-(tests/engine/conftest.py does, at collection time). Reusable pieces:
+``set_engine_environment()`` sets the engine environment variables; tests/conftest.py
+calls it before anything imports vLLM. Reusable pieces:
   FAMILIES / fixture_path(family)   the tiny random-weight models (scripts/make_fixtures.py)
   ENGINE_KWARGS                     fast single-process CPU engine settings
   start_engine(family, **kw)        build an LLM (freeing any previous one first), timed
@@ -41,20 +41,32 @@ from tests.families import (  # noqa: F401  (the tests import them from here too
     visual_tokens,
 )
 
-# Must be set before vLLM is imported anywhere in this process.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in-process
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default wants far more
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 # The model runner: vLLM's Model Runner V2 unless the environment says otherwise. It is the
 # GPU default since vLLM 0.32 and the only runner of 0.34, so it is what users run;
 # VLLM_USE_V2_MODEL_RUNNER=0 runs the same tests on the V1 runner. On this CPU MRv2 needs
 # Triton's interpreter and a stand-in "cpu" backend, which only the project's environment
 # installs (requirements/triton-interpreter, scripts/bootstrap.sh): the package never does.
 RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
-os.environ.setdefault(RUNNER_ENV, "1")
+ENGINE_ENVIRONMENT = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine core in-process
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default wants far more
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    RUNNER_ENV: "1",
+}
+
+
+def set_engine_environment() -> None:
+    """The test processes' engine environment (where unset), before vLLM is imported
+    anywhere in the process: tests/conftest.py calls it first."""
+    for name, value in ENGINE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if mrv2_requested():
+        try:  # the .pth file loads it at start-up when the variable was set before Python started
+            import zspa_triton_interpreter  # noqa: F401
+        except ImportError as error:
+            raise ImportError("MRv2 on a CPU needs the project environment's Triton interpreter shim: run `make env`") from error
 
 
 def mrv2_requested() -> bool:
@@ -76,12 +88,6 @@ def runner(name: str | None):
     finally:
         os.environ[RUNNER_ENV] = old if old is not None else "1"
 
-
-if mrv2_requested():
-    try:  # the .pth file loads it at start-up when the variable was set before Python started
-        import zspa_triton_interpreter  # noqa: F401
-    except ImportError as error:
-        raise ImportError("MRv2 on a CPU needs the project environment's Triton interpreter shim: run `make env`") from error
 
 # The plugin's entry point name (pyproject: [project.entry-points."vllm.general_plugins"]).
 PLUGIN_ENTRY_POINT = "zspa"

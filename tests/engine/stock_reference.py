@@ -70,7 +70,9 @@ def output_record(output) -> dict:
 
 
 def _main() -> None:
-    from tests.engine import harness  # sets the engine environment before vLLM loads
+    from tests.engine import harness
+
+    harness.set_engine_environment()  # where the parent's environment left it unset
 
     spec = json.loads(sys.stdin.read())
     llm, _ = harness.start_engine(spec["family"], **spec["overrides"])

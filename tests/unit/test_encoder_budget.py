@@ -6,19 +6,20 @@ from types import SimpleNamespace
 
 import pytest
 
+from zspa_vllm.core import fields
 from zspa_vllm.engine import encoder_budget
 
 
 @pytest.mark.parametrize("identity", ["0f3a9c", "lora-7:0f3a9c", "", "abc~zspa-n"])
 def test_the_tag_round_trips_through_any_identity(identity):
-    assert encoder_budget.unpruned_count(encoder_budget.tag(identity, 1176)) == 1176
+    assert fields.unpruned_count(fields.tag(identity, 1176)) == 1176
     # vLLM prefixes a LoRA name to the hash it is given: the count is still read
-    assert encoder_budget.unpruned_count("lora:" + encoder_budget.tag(identity, 5)) == 5
+    assert fields.unpruned_count("lora:" + fields.tag(identity, 5)) == 5
 
 
 @pytest.mark.parametrize("identity", ["0f3a9c", "12345", "x~zspa-n12a", "x~zspa-n"])
 def test_an_untagged_identity_carries_no_count(identity):
-    assert encoder_budget.unpruned_count(identity) is None
+    assert fields.unpruned_count(identity) is None
 
 
 def _feature(identifier: str, embeds: int):
@@ -30,7 +31,7 @@ def _feature(identifier: str, embeds: int):
 
 
 def test_an_item_costs_its_unpruned_tokens():
-    assert encoder_budget.encoder_cost(_feature(encoder_budget.tag("h", 576), 58)) == 576
+    assert encoder_budget.encoder_cost(_feature(fields.tag("h", 576), 58)) == 576
     assert encoder_budget.encoder_cost(_feature("h", 58)) == 58  # stock: its embeds
 
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from packaging.specifiers import SpecifierSet
@@ -164,3 +165,15 @@ def test_the_package_never_switches_triton_to_its_interpreter():
     assert eval(out.stdout.strip().splitlines()[-1]) == (True, "1", True)
     installed = [str(f) for f in metadata.files("zspa-vllm") or []]
     assert installed and not any("triton" in f for f in installed)
+
+
+def test_the_gpu_extra_allows_exactly_the_supported_series():
+    """pyproject's vLLM range and zspa_vllm/vllm_versions.py name the same releases."""
+    import tomllib
+
+    from zspa_vllm.vllm_versions import SUPPORTED_SERIES
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    (requirement,) = project["optional-dependencies"]["gpu"]
+    major, minor = map(int, SUPPORTED_SERIES[-1].split("."))
+    assert requirement == f"vllm>={SUPPORTED_SERIES[0]}.0,<{major}.{minor + 1}"

@@ -1,11 +1,13 @@
-"""The contract between the processor (API-server process) and the model (workers):
-the one processor kwarg a plan travels in, and the per-item model fields the processor
-writes and the model reads. Pure Python: no vLLM.
+"""The contract between the processor (API-server process), the scheduler (engine core)
+and the model (workers): the one processor kwarg a plan travels in, the unpruned count a
+pruned item's identity carries, and the per-item model fields the processor writes and
+the model reads. Pure Python: no vLLM.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,23 @@ FIELDS = (
     "frame_offsets",  # videos: (steps, 3) M-RoPE offset of each grid step from the video's base
 )
 MODALITIES = ("image", "video")  # what a family may prune
+
+
+# A pruned item's identity (vLLM's mm hash of it) carries its unpruned token count, which
+# the scheduler charges its encoder budget with (zspa_vllm.engine.encoder_budget).
+UNPRUNED_TAG = "~zspa-n"
+_TAGGED = re.compile(re.escape(UNPRUNED_TAG) + r"(\d+)$")
+
+
+def tag(identity: str, num_unpruned: int) -> str:
+    """``identity`` (a pruned item's hash) carrying its unpruned token count."""
+    return f"{identity}{UNPRUNED_TAG}{num_unpruned}"
+
+
+def unpruned_count(identifier: str) -> int | None:
+    """The unpruned token count a tagged identity carries, or None (not tagged)."""
+    match = _TAGGED.search(identifier)
+    return int(match.group(1)) if match else None
 
 
 def field_names(modality: str) -> dict[str, str]:

@@ -28,27 +28,14 @@ is therefore never cut there (``must_stay_whole``), or it would be requeued at e
 from __future__ import annotations
 
 import logging
-import re
 
 from zspa_vllm import vllm_versions
+from zspa_vllm.core.fields import unpruned_count
 
 logger = logging.getLogger(__name__)
 
-UNPRUNED_TAG = "~zspa-n"
-_TAGGED = re.compile(re.escape(UNPRUNED_TAG) + r"(\d+)$")
 # what EngineCore resolves SchedulerConfig.scheduler_cls to (a factory, see scheduler())
 SCHEDULER_QUALNAME = f"{__name__}.scheduler"
-
-
-def tag(identity: str, num_unpruned: int) -> str:
-    """``identity`` (a pruned item's hash) carrying its unpruned token count."""
-    return f"{identity}{UNPRUNED_TAG}{num_unpruned}"
-
-
-def unpruned_count(identifier: str) -> int | None:
-    """The unpruned token count a tagged identity carries, or None (not tagged)."""
-    match = _TAGGED.search(identifier)
-    return int(match.group(1)) if match else None
 
 
 def encoder_cost(feature) -> int:

@@ -29,13 +29,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from zspa_vllm.engine import encoder_budget
 from zspa_vllm.frontend import request_counts
 from zspa_vllm.core.params import PruneParams, parse_knobs, split_knobs
 from zspa_vllm.core.prune_plan import PrunePlan
 from zspa_vllm.core.selection import METHODS
 from zspa_vllm.core.query import item_query_token_ids
-from zspa_vllm.core.fields import ZSPA_KWARG, field_names, read_plan, split_plan, without_plan
+from zspa_vllm.core.fields import ZSPA_KWARG, field_names, read_plan, split_plan, tag, without_plan
 from zspa_vllm.frontend.request_counts import TALLY_KWARG
 
 # Engine-wide knob defaults by id() of the MultiModalConfig they were configured on; the
@@ -127,7 +126,7 @@ class PruningProcessorMixin:
             # encode for precomputed embeddings)
             counts = self._zspa_token_counts(inputs.mm_data_items, kwargs, modality)
             if counts:
-                hashes[modality] = [encoder_budget.tag(h, n) for h, n in zip(hashes[modality], counts, strict=True)]
+                hashes[modality] = [tag(h, n) for h, n in zip(hashes[modality], counts, strict=True)]
         return hashes
 
     def _get_cache_missing_processor_kwargs(self, inputs, mm_is_cached):
