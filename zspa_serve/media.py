@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import socket
 from urllib.parse import urlsplit
+
 from zspa_vllm import envs
 
 logger = logging.getLogger("zspa_vllm")

@@ -12,6 +12,7 @@ import json
 import os
 from collections import deque
 from dataclasses import dataclass
+
 from zspa_vllm import envs
 
 
