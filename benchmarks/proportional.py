@@ -79,8 +79,8 @@ def scaled_config(family: str, config, factor: float):
 
 def build(family: str, factor: float, out: Path, model_classes: dict, renames: dict) -> Path:
     """Save the scaled random-weight model (transformers' own init) in the real
-    checkpoint's layout (scripts/make_fixtures.py) at ``out``."""
-    import make_fixtures
+    checkpoint's layout (zspa_selfcheck/fixtures.py) at ``out``."""
+    from zspa_selfcheck import fixtures as make_fixtures
     import torch
     import transformers
 

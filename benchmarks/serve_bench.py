@@ -57,7 +57,7 @@ QUESTION = "Describe the objects in this picture and their colors."
 IMAGE_SIZE = (1024, 768)
 # the families the benchmark builds mid-size or proportional models of
 MODEL_CLASSES = {family: FAMILIES[family].architecture for family in ("llava-1.5", "llava-next", "qwen2.5-vl", "qwen3-vl")}
-# tensor names of the real checkpoints (scripts/make_fixtures.py)
+# tensor names of the real checkpoints (zspa_selfcheck/fixtures.py)
 RENAMES = {"qwen2.5-vl": "_qwen_rename", "qwen3-vl": "_qwen3_rename"}
 # the video workload: 8 s at 2 frames/s, a camera panning over one scene
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 16, (448, 336), 2.0
@@ -75,8 +75,8 @@ def build_model(family: str, args, out: Path) -> Path:
 
 def build_mid_size(family: str, hidden: int, layers: int, out: Path) -> Path:
     """The family's fixture with a larger random-weight LLM (transformers' own init),
-    saved in the real checkpoints' layout (scripts/make_fixtures.py)."""
-    import make_fixtures
+    saved in the real checkpoints' layout (zspa_selfcheck/fixtures.py)."""
+    from zspa_selfcheck import fixtures as make_fixtures
     import torch
     import transformers
 

@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.make_fixtures import _llava_rename, _save_weights  # noqa: E402
+from zspa_selfcheck.fixtures import _llava_rename, _save_weights  # noqa: E402
 from zspa_demo.scenes import COLOURS, HELD_OUT_START, SHAPES, SIZE, draw, example, label_map  # noqa: E402
 
 # the tokenizer, chat template and image processor are the LLaVA-1.5 fixture's

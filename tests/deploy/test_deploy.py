@@ -59,6 +59,19 @@ def _instruction(dockerfile: Path, name: str) -> list[str]:
     return json.loads(line[len(name) + 1 :])
 
 
+def test_the_image_copies_every_package_the_distribution_installs():
+    """Each console script (zspa-serve, zspa-selfcheck, ...) is in the image: the
+    Dockerfile COPYs every package pyproject.toml includes, and no other."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {l.split()[1] for l in (REPO / "Dockerfile").read_text().splitlines() if l.startswith("COPY zspa")}
+    assert copied == packages
+    scripts = {value.partition(".")[0] for value in project["project"]["scripts"].values()}
+    assert "zspa_selfcheck" in scripts and scripts <= copied
+
+
 def test_dockerfile_runs_zspa_serve_with_arguments_it_accepts():
     dockerfile = REPO / "Dockerfile"
     assert _instruction(dockerfile, "ENTRYPOINT") == ["zspa-serve"]

@@ -8,7 +8,7 @@ Per family: one plugin engine (prefix caching on, unchunked) serves the module's
 one more (chunked prefill of 32 tokens, prefix caching off) answers the same two
 questions; stock vLLM's answers come from a child process (stock_reference). What a
 family adds is its ``tests/families.py`` row and a ``Spec``: how transformers' encoder
-is called on the HF image processor's outputs (vLLM's: ``harness.unpruned_rows``).
+is called on the HF image processor's outputs (vLLM's: ``zspa_selfcheck.reference.unpruned_rows``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tests.engine import harness
 from tests.engine.harness import fixture_path, logprobs_max_diff, model_class_of, step_logprobs, visual_tokens
 from tests.engine.stock_reference import output_record, stock_outputs
 from tests.fixtures.images import make_image
+from zspa_selfcheck.reference import HF_ROWS, hf_model, image_inputs
 from zspa_vllm.worker import selection_log
 from zspa_vllm.core.selection import num_kept, select_tokens
 
@@ -50,57 +51,17 @@ class Spec:
     bidirectional: bool = False  # image tokens attend to each other both ways
 
 
-def _gemma3_hf_rows(model, inputs):
-    return model.model.get_image_features(inputs["pixel_values"]).pooler_output[0]
-
-
 def _gemma3_hf_forward(image_mask):
     # transformers builds the bidirectional image blocks from token_type_ids (1 = image)
     return {"token_type_ids": image_mask.long()[None]}
 
 
-def _anyres_hf_rows(model, inputs, **extra):
-    """LLaVA-NeXT / OneVision: the base view, then the unpadded grid with a newline row
-    end each (OneVision pools it first: ``vision_aspect_ratio``)."""
-    config = model.config
-    return model.model.get_image_features(
-        pixel_values=inputs["pixel_values"],
-        image_sizes=inputs["image_sizes"],
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        **extra,
-    ).pooler_output[0]
-
-
-def _onevision_hf_rows(model, inputs):
-    return _anyres_hf_rows(model, inputs, vision_aspect_ratio=model.config.vision_aspect_ratio)
-
-
-def _internvl_hf_rows(model, inputs):
-    config = model.config
-    tiles = model.model.get_image_features(
-        pixel_values=inputs["pixel_values"],
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-    ).pooler_output
-    return tiles.reshape(-1, tiles.shape[-1])  # the tiles in order, thumbnail last
-
-
-def _llava_hf_rows(model, inputs):
-    config = model.config
-    return model.model.get_image_features(
-        pixel_values=inputs["pixel_values"],
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-    ).pooler_output[0]
-
-
 SPECS = {
-    "llava-1.5": Spec(((336, 336), (640, 480)), _llava_hf_rows),
-    "llava-next": Spec(((500, 300), (1024, 768)), _anyres_hf_rows),
-    "llava-onevision": Spec(((384, 384), (1024, 768)), _onevision_hf_rows),
-    "gemma3": Spec(((384, 384), (1024, 768)), _gemma3_hf_rows, _gemma3_hf_forward, bidirectional=True),
-    "internvl": Spec(((384, 384), (1024, 768)), _internvl_hf_rows),
+    "llava-1.5": Spec(((336, 336), (640, 480)), HF_ROWS["llava-1.5"]),
+    "llava-next": Spec(((500, 300), (1024, 768)), HF_ROWS["llava-next"]),
+    "llava-onevision": Spec(((384, 384), (1024, 768)), HF_ROWS["llava-onevision"]),
+    "gemma3": Spec(((384, 384), (1024, 768)), HF_ROWS["gemma3"], _gemma3_hf_forward, bidirectional=True),
+    "internvl": Spec(((384, 384), (1024, 768)), HF_ROWS["internvl"]),
 }
 
 
@@ -136,10 +97,7 @@ def image_token(family) -> int:
 
 @pytest.fixture(scope="module")
 def hf(family):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    path = fixture_path(family)
-    return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(path)
+    return hf_model(fixture_path(family))
 
 
 def ask(llm, images, question=QUESTION, max_tokens=3, **knobs):
@@ -156,10 +114,6 @@ def runs(prompt_ids, token: int) -> list[int]:
             out.append(1)
         prev = t
     return out
-
-
-def image_inputs(processor, image):
-    return processor.image_processor(images=[image], return_tensors="pt")
 
 
 # --------------------------------------------------------------------------- (a) keep all = stock

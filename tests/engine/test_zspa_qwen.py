@@ -41,6 +41,7 @@ from tests.engine.harness import (
 )
 from tests.engine.stock_reference import request_messages, stock_outputs
 from tests.fixtures.images import make_image
+from zspa_selfcheck.reference import hf_model, main_features, mrope_diffs
 from zspa_vllm.worker import selection_log
 from zspa_vllm.core.selection import num_kept, select_tokens
 
@@ -147,12 +148,6 @@ def same_output(a, b, tol: Tolerance = FLOAT32, exact: bool = False) -> float:
     atol, steps = (EXACT_ATOL, 3) if exact else (tol.schedule, tol.steps)
     assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
     return assert_same_answer(a, b, atol, steps)
-
-
-def main_features(model, visual: torch.Tensor) -> torch.Tensor:
-    """The LLM-input columns of an image's rows, which the selection compares: Qwen3-VL
-    rows also carry their deepstack levels, hidden_size columns each."""
-    return visual[:, : model.config.text_config.hidden_size]
 
 
 # --------------------------------------------------------------------------- stock vLLM
@@ -380,33 +375,7 @@ def test_chunked_prefill_same_as_unchunked(engines):
 # --------------------------------------------------------------------------- M-RoPE
 @pytest.fixture(scope="module")
 def hf(family):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    path = fixture_path(family)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
-    return model, AutoProcessor.from_pretrained(path)
-
-
-def positions_for(token_ids, grids, kept_sets, rule: str) -> torch.Tensor:
-    """(3, 1, L) M-RoPE position ids of a pruned prompt, written from the model's
-    definition: text advances all three by 1; an image's token at merged-grid cell
-    (r, c) sits at base + (0, r, c); the text after it continues at base + max(h, w).
-    rule "unpruned" is that; "width" continues from base + w (vLLM EVS's rule);
-    "consecutive" gives every token the next position, as if the prompt were text."""
-    ids = list(token_ids)
-    if rule == "consecutive":
-        return torch.arange(len(ids)).view(1, 1, -1).expand(3, 1, -1).clone()
-    rows, i, nxt, image = [], 0, 0, 0
-    while i < len(ids):
-        if ids[i] != IMAGE:
-            rows.append((nxt, nxt, nxt))
-            nxt, i = nxt + 1, i + 1
-            continue
-        (grid_h, grid_w), kept = grids[image], kept_sets[image]
-        rows.extend((nxt, nxt + k // grid_w, nxt + k % grid_w) for k in kept)
-        nxt += max(grid_h, grid_w) if rule == "unpruned" else grid_w
-        i, image = i + len(kept), image + 1
-    return torch.tensor(rows).T.reshape(3, 1, -1)
+    return hf_model(fixture_path(family))
 
 
 @pytest.mark.parametrize(
@@ -422,7 +391,7 @@ def test_positions_match_transformers(engines, hf, sizes, rate):
     out = ask(llm, images, keep_rate=rate)
     kept_sets = [s.kept for s in selection_log.RECENT]
     assert len(kept_sets) == len(images)
-    diffs, grids, top = transformers_diffs(hf, out, images, kept_sets)
+    diffs, grids, top = mrope_diffs(hf, out, images, kept_sets)
     unpruned, consecutive, width, without_deepstack = (diffs.get(k) for k in ("unpruned", "consecutive", "width", "no-deepstack"))
     print(
         f"[{engines.family}] {sizes} keep_rate={rate}: vLLM vs transformers max |dlogprob| = {unpruned:.1e}"
@@ -439,48 +408,6 @@ def test_positions_match_transformers(engines, hf, sizes, rate):
         assert width > wrong
     if engines.family.startswith("qwen3-vl"):  # the deepstack levels of the kept rows reached the LLM
         assert without_deepstack is not None and without_deepstack > DIFF_MIN
-
-
-def transformers_diffs(hf, out, images, kept_sets):
-    """Max |logprob difference| of vLLM's first generated position against transformers
-    fed the kept rows, per position rule (and, for Qwen3-VL, with the deepstack levels
-    zeroed); with the merged grids and transformers' greedy token at the right positions."""
-    model, processor = hf
-    pil = [make_image(*image) for image in images]
-    inputs = processor.image_processor(images=pil, return_tensors="pt")
-    merge = processor.image_processor.merge_size
-    grids = [(int(h) // merge, int(w) // merge) for _, h, w in inputs["image_grid_thw"].tolist()]
-    ids = torch.tensor(out.prompt_token_ids)
-    with torch.no_grad():
-        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-        embeds = model.get_input_embeddings()(ids)
-        embeds[ids == IMAGE] = torch.cat([v[list(kept)] for v, kept in zip(features.pooler_output, kept_sets)])
-        # Qwen3-VL: per deepstack level, the kept rows' features (added to the first LLM layers)
-        levels = getattr(features, "deepstack_features", None) or []
-        deepstack = [torch.cat([v[list(kept)] for v, kept in zip(level, kept_sets)]) for level in levels]
-
-        def logprobs(rule: str, deepstack=deepstack) -> torch.Tensor:
-            position_ids = positions_for(ids, grids, kept_sets, rule)
-            if not deepstack:
-                logits = model(inputs_embeds=embeds[None], position_ids=position_ids).logits[0, -1]
-            else:
-                hidden = model.model.language_model(
-                    inputs_embeds=embeds[None],
-                    position_ids=position_ids,
-                    visual_pos_masks=(ids == IMAGE)[None],
-                    deepstack_visual_embeds=deepstack,
-                ).last_hidden_state
-                logits = model.lm_head(hidden)[0, -1]
-            return torch.log_softmax(logits.float(), dim=-1)
-
-        def diff(reference) -> float:
-            return max(abs(float(reference[t]) - lp) for t, lp in step_logprobs(out, 0).items())
-
-        diffs = {rule: diff(logprobs(rule)) for rule in ("unpruned", "consecutive", "width")}
-        if deepstack:
-            diffs["no-deepstack"] = diff(logprobs("unpruned", deepstack=[torch.zeros_like(d) for d in deepstack]))
-        top = int(logprobs("unpruned").argmax())
-    return diffs, grids, top
 
 
 def test_without_the_mrv2_pruner_hook_positions_are_wrong(engines, hf, zspa_engines):
@@ -515,7 +442,7 @@ def test_without_the_mrv2_pruner_hook_positions_are_wrong(engines, hf, zspa_engi
     if error is not None:  # vLLM 0.32: every Qwen family (the rows keep their 4 position columns)
         print(f"[{engines.family}] MRv2 without the pruner hook: the request failed: {error!r:.200}")
         return
-    diffs, _, _ = transformers_diffs(hf, out, images, kept_sets)
+    diffs, _, _ = mrope_diffs(hf, out, images, kept_sets)
     tol = tolerance(engines.family)
     print(f"[{engines.family}] MRv2 without the pruner hook: vs transformers at unpruned positions {diffs['unpruned']:.1e}")
     assert diffs["unpruned"] > SEPARATION * tol.hf

@@ -213,3 +213,20 @@ def test_the_metrics_table_names_every_metric():
     cells = _first_cells(_section(REPO / "docs/operations.md", "Prometheus metrics"))
     assert counters and series
     assert {cell.strip("`") for cell in cells} == exposed
+
+
+SELFCHECK_LINES = [(page, line) for page in PAGES for line in code_lines(page.read_text()) if re.match(r"^(\$\s*)?zspa-selfcheck(\s|$)", line)]
+
+
+def test_zspa_selfcheck_command_lines_parse():
+    from zspa_selfcheck.cli import parse_args
+
+    assert any(page == README for page, _ in SELFCHECK_LINES)
+    for page, line in SELFCHECK_LINES:
+        words = shlex.split(line.removeprefix("$").strip(), comments=True)
+        try:
+            parse_args(words[1:])
+        except SystemExit as exit:
+            pytest.fail(f"{_id(page)}: zspa-selfcheck refuses {line!r} (exit {exit.code})")
+    with pytest.raises(SystemExit):  # sensitive: a family it does not know
+        parse_args(["--families", "llava-1.5,pixtral"])

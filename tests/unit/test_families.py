@@ -20,11 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_every_family_the_plugin_overrides_has_one_row_and_a_fixture_builder():
     assert sorted(f.architecture for f in FAMILIES.values()) == sorted(MODEL_OVERRIDES)
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from make_fixtures import BUILDERS
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    from zspa_selfcheck.fixtures import BUILDERS
+
     assert set(BUILDERS) == set(FAMILIES)
 
 
@@ -52,7 +49,7 @@ def test_the_fixture_prompt_is_a_user_turn_the_family_finds(family):
 
 def test_importing_the_table_changes_nothing():
     code = (
-        "import os, sys; before = dict(os.environ); import tests.families, tests.fixtures.images; "
+        "import os, sys; before = dict(os.environ); import tests.families, tests.fixtures.images, zspa_selfcheck.fixtures; "
         "sys.exit(('vllm' in sys.modules) * 2 + (dict(os.environ) != before))"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
@@ -66,3 +63,24 @@ def test_benchmarks_and_scripts_import_only_side_effect_free_test_support(path):
             assert node.module in allowed, f"{path.name} imports {node.module}"
         if isinstance(node, ast.Import):
             assert not any(a.name.split(".")[0] == "tests" and a.name not in allowed for a in node.names), path.name
+
+
+def test_the_builders_write_the_committed_fixtures(tmp_path):
+    """zspa-selfcheck builds its models with the builders that wrote tests/fixtures/models:
+    rebuilt here, every family's weights and configs are byte-identical to the committed ones."""
+    from tests.families import MODELS_DIR
+    from zspa_selfcheck.fixtures import build
+
+    for family in FAMILIES:
+        build(family, tmp_path / family)
+        for name in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json"):
+            built, committed = (tmp_path / family / name).read_bytes(), (MODELS_DIR / family / name).read_bytes()
+            assert built == committed, f"{family}/{name} differs from the committed fixture: run `make fixtures`"
+
+
+def test_the_selfcheck_package_needs_nothing_outside_the_installed_distribution():
+    """zspa_selfcheck is installed without the repository: it imports no tests/ or scripts/."""
+    for path in sorted((REPO / "zspa_selfcheck").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(n.split(".")[0] in ("tests", "scripts", "benchmarks") for n in names), f"{path.name} imports {names}"
