@@ -143,28 +143,67 @@ async def _questions(client, model, image_urls, knobs, count, max_tokens) -> lis
 
 class EncoderWork:
     """Encoder work a server did during a run: the inputs vLLM's scheduler sent to the
-    model (its iteration log) and, for zspa-serve, the vision-encoder runs (/metrics)."""
+    model (its iteration log) and, for zspa-serve, the vision-encoder runs (/metrics).
 
-    def __init__(self, base_url: str, log_path) -> None:
-        self._base_url, self._log_path = base_url, log_path
+    vLLM logs a step's iteration line after the step, possibly after the client has its
+    answer: ``finish(computed)`` waits until the lines since ``__enter__`` account for
+    every prompt token the run's responses say was computed (prompt minus prefix-cached),
+    and fails naming the shortfall after ``timeout`` seconds, instead of sleeping."""
 
-    def _snapshot(self) -> tuple[int, float | None]:
-        inputs = sum(int(n) for n in re.findall(r"encoder inputs: (\d+)", self._log_path.read_text(errors="replace")))
+    ITERATION = re.compile(r"Iteration\(\d+\): \d+ context requests, (\d+) context tokens")
+    ENCODER_INPUTS = re.compile(r"encoder inputs: (\d+)")
+
+    def __init__(self, base_url: str, log_path, timeout: float = 120.0) -> None:
+        self._base_url, self._log_path, self._timeout = base_url, log_path, timeout
+
+    def _misses(self) -> float | None:
         text = httpx.get(f"{self._base_url}/metrics", timeout=60).text
         misses = re.findall(r'^zspa_encoder_cache_misses_total\{dp_rank="\d+",tp_rank="0"\} (\S+)$', text, re.M)
-        return inputs, (sum(float(m) for m in misses) if misses else None)
+        return sum(float(m) for m in misses) if misses else None
+
+    def _since_enter(self) -> tuple[int, int]:
+        """(context tokens, encoder inputs) of the complete iteration lines logged since
+        ``__enter__``."""
+        with open(self._log_path, "rb") as log:
+            log.seek(self._offset)
+            text = log.read().decode(errors="replace")
+        context = inputs = 0
+        for line in text.splitlines(keepends=True):
+            found = self.ITERATION.search(line) if line.endswith("\n") else None
+            if found:
+                context += int(found.group(1))
+                inputs += sum(int(n) for n in self.ENCODER_INPUTS.findall(line))
+        return context, inputs
 
     def __enter__(self):
-        time.sleep(1.5)  # the engine logs its stats a moment after the step
-        self._before = self._snapshot()
+        self._offset = self._log_path.stat().st_size
+        self._misses_before = self._misses()
         return self
 
     def __exit__(self, *exc) -> None:
-        time.sleep(1.5)
-        after = self._snapshot()
-        self.scheduled = after[0] - self._before[0]
-        # stock vLLM runs its vision encoder on every scheduled input
-        self.runs = self.scheduled if after[1] is None else after[1] - self._before[1]
+        pass
+
+    def finish(self, computed_tokens: int) -> None:
+        deadline = time.monotonic() + self._timeout
+        while (seen := self._since_enter())[0] < computed_tokens:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server's iteration log shows {seen[0]} of the {computed_tokens} prompt tokens "
+                                   f"the responses say were computed, {self._timeout:.0f} s after the run "
+                                   "(is it started with --enable-logging-iteration-details?)")
+            time.sleep(0.1)
+        if seen[0] > computed_tokens:  # lines of another run, or recomputed (preempted) prompts
+            raise RuntimeError(f"the server's iteration log shows {seen[0]} prompt tokens computed during the run, "
+                               f"the responses {computed_tokens}: the encoder counts cannot be attributed to this run")
+        self.scheduled = seen[1]
+        misses = self._misses()
+        # stock vLLM runs its vision encoder on every scheduled input (its encoder cache
+        # lives in the scheduler: a cached input is never scheduled); it exports no count
+        self.runs = self.scheduled if misses is None else misses - self._misses_before
+
+
+def _computed(turns) -> int:
+    """Prompt tokens the server computed for these answers (not from its prefix cache)."""
+    return sum(t["prompt_tokens"] - t["cached_tokens"] for t in turns)
 
 
 async def _in_waves(base_url, image_urls, concurrency, wave) -> list:
@@ -182,6 +221,7 @@ def run_chat(server, model, image_urls, knobs, turns, concurrency, max_tokens, i
 
     with EncoderWork(server.base_url, server.log_path) as work:
         conversations = asyncio.run(_in_waves(server.base_url, image_urls, concurrency, wave))
+        work.finish(_computed(t for turns in conversations for t in turns))
     per_turn = list(zip(*conversations))
     return {
         "ttft_ms_by_turn": [statistics.median(t["ttft_ms"] for t in turn) for turn in per_turn],
@@ -199,6 +239,7 @@ def run_questions(server, model, image_urls, knobs, count, concurrency, max_toke
 
     with EncoderWork(server.base_url, server.log_path) as work:
         images = asyncio.run(_in_waves(server.base_url, image_urls, concurrency, wave))
+        work.finish(_computed(q for questions in images for q in questions))
     first = [questions[0] for questions in images]
     later = [q for questions in images for q in questions[1:]]
     return {

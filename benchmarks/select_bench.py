@@ -1,8 +1,15 @@
-"""Time zspa_vllm.core.selection.select_tokens at the sizes of real models, next to the time of
-the vision encoder that produced the tokens, on the same device.
+"""Time zspa_vllm.core.selection.select_tokens at the sizes of real models, on the rows the
+vision encoder produced for a real image, next to that encoder's time, on the same device.
 
     python benchmarks/select_bench.py [--repeats 7] [--device cpu|cuda|all] [--dtype bfloat16]
                                       [--encoder-repeats 3] [--no-encoder]
+
+The selection's cost depends on its rows (the CPU loop's candidate set widens where rows
+tie), so each shape is timed on three sets: "encoder", the encoder's output for a
+zspa_selfcheck.images scene preprocessed as the model's own image processor does;
+"duplicates", those rows with each one repeated 8 times in place (LLaVA-NeXT's padding
+rows are identical; flat regions give near-identical ones); "identical", one row n times
+(a blank image), where every comparison ties.
 
 (n, d, l) rows: LLaVA-1.5 (576 tokens, 4096 wide, 10% kept), LLaVA-NeXT (2880, 4096: five
 336px tiles), Qwen2.5-VL-7B at 1296 tokens (a 1008x1008 image) and at 16384 tokens (its
@@ -11,8 +18,8 @@ weights (transformers' CLIP ViT-L/14-336 without its last layer + LLaVA's two-la
 projector; Qwen2.5-VL-7B's 32-block vision tower with its merger). The largest Qwen image
 is timed on 2 of the tower's 32 blocks (one windowed, one full-attention) and the others
 counted at those blocks' times (28 windowed, 4 full): the whole tower takes most of an
-hour on a 2-core CPU. Prints a markdown table: medians with the spread (min-max), and
-the selection's share of the encoder's time.
+hour on a 2-core CPU (its rows then come from those 2 blocks). Prints a markdown table:
+medians with the spread (min-max), and the selection's share of the encoder's time.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from zspa_selfcheck.images import make_image
 from zspa_vllm.core.selection import select_tokens
 
 QUERY_TOKENS = 32
@@ -103,17 +111,33 @@ def _qwen_encoder(depth: int, full_blocks, width_out: int):
     return Qwen2_5_VisionTransformerPretrainedModel(config)
 
 
-def time_encoder(shape: Shape, device: str, dtype: torch.dtype, repeats: int) -> list[float]:
-    """Seconds per run of the shape's vision encoder, one per repeat (after a warm-up)."""
+def encoder_inputs(shape: Shape) -> tuple:
+    """The encoder's inputs for a scene image, preprocessed as the model's processor does:
+    LLaVA, CLIP's 336px tiles of one image; Qwen2.5-VL, its flat patches and grid."""
+    from transformers import CLIPImageProcessor, Qwen2VLImageProcessor
+
+    if shape.encoder == "llava":
+        scene = make_image(336 * shape.tiles, 336, seed=0)
+        tiles = [scene.crop((336 * i, 0, 336 * (i + 1), 336)) for i in range(shape.tiles)]
+        processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+        return (processor(images=tiles, return_tensors="pt")["pixel_values"],)
+    side = shape.grid * 14
+    processor = Qwen2VLImageProcessor(min_pixels=side * side, max_pixels=side * side)
+    out = processor(images=[make_image(side, side, seed=0)], return_tensors="pt")
+    assert out["image_grid_thw"].tolist() == [[1, shape.grid, shape.grid]], out["image_grid_thw"]
+    return out["pixel_values"], out["image_grid_thw"]
+
+
+def time_encoder(shape: Shape, device: str, dtype: torch.dtype, repeats: int) -> tuple[list[float], torch.Tensor]:
+    """Seconds per run of the shape's vision encoder, one per repeat (after a warm-up;
+    none with ``repeats`` 0), and its output rows."""
     torch.manual_seed(0)
     if shape.encoder == "llava":
         model = _LlavaEncoder(shape.d)
-        inputs = (torch.randn(shape.tiles, 3, 336, 336),)
     else:
         depth, full = (2, (1,)) if shape.sampled else (QWEN_DEPTH, QWEN_FULL_BLOCKS)
         model = _qwen_encoder(depth, full, shape.d)
-        patches = shape.grid * shape.grid
-        inputs = (torch.randn(patches, 3 * 2 * 14 * 14), torch.tensor([[1, shape.grid, shape.grid]]))
+    inputs = encoder_inputs(shape)
     model = model.to(device=device, dtype=dtype).eval()
     inputs = tuple(x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype) for x in inputs)
 
@@ -124,9 +148,13 @@ def time_encoder(shape: Shape, device: str, dtype: torch.dtype, repeats: int) ->
             block.register_forward_pre_hook(lambda *_: starts.append(_sync_now(device)))
             block.register_forward_hook(lambda *_: block_times.append(_sync_now(device) - starts.pop()))
 
+    rows = []
+
     def run():
         out = model(*inputs)
-        assert (out.pooler_output if hasattr(out, "pooler_output") else out).shape == (shape.n, shape.d)
+        out = out.pooler_output if hasattr(out, "pooler_output") else out
+        assert out.shape == (shape.n, shape.d)
+        rows[:] = [out]
 
     times = []
     with torch.inference_mode():
@@ -138,7 +166,7 @@ def time_encoder(shape: Shape, device: str, dtype: torch.dtype, repeats: int) ->
                 elapsed += (QWEN_DEPTH - len(QWEN_FULL_BLOCKS) - 1) * windowed + (len(QWEN_FULL_BLOCKS) - 1) * full
             if i:  # the first run is a warm-up
                 times.append(elapsed)
-    return times
+    return times, rows[0]
 
 
 def _sync_now(device: str) -> float:
@@ -150,9 +178,25 @@ def _sync_now(device: str) -> float:
 # ---------------------------------------------------------------- selection
 
 
-def time_selection(shape: Shape, device, dtype, repeats, method, core_ratio) -> list[float]:
+ROWS = ("encoder", "duplicates", "identical")
+DUPLICATES = 8  # the worst case: each row repeated this many times in place
+
+
+def selection_rows(encoded: torch.Tensor, kind: str) -> torch.Tensor:
+    """The rows a selection is timed on: the encoder's own; each of its first n / 8 rows
+    repeated 8 times in place; or its first row n times (a blank image: every row ties)."""
+    if kind == "encoder":
+        return encoded
+    n = encoded.shape[0]
+    if kind == "identical":
+        return encoded[:1].expand(n, -1).contiguous()
+    return encoded[: -(-n // DUPLICATES)].repeat_interleave(DUPLICATES, dim=0)[:n]
+
+
+def time_selection(shape: Shape, visual: torch.Tensor, device, dtype, repeats, method, core_ratio) -> list[float]:
     gen = torch.Generator().manual_seed(0)
-    visual = torch.randn(shape.n, shape.d, generator=gen).to(device=device, dtype=dtype)
+    visual = visual.to(device=device, dtype=dtype)
+    # the question's embeddings: random rows (the selection reads only their mean)
     query = torch.randn(QUERY_TOKENS, shape.d, generator=gen).to(device=device, dtype=dtype)
 
     def run():
@@ -171,7 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="timed selections per row")
     parser.add_argument("--encoder-repeats", type=int, default=3, help="timed encoder runs per shape")
-    parser.add_argument("--no-encoder", action="store_true", help="time the selection only")
+    parser.add_argument("--no-encoder", action="store_true", help="time the selection only (the encoder still runs once, for its rows)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--dtype", default="bfloat16", help="dtype of the visual tokens (similarities are float32)")
     parser.add_argument(
@@ -209,23 +253,26 @@ def main() -> None:
           f"{args.repeats} selections / {args.encoder_repeats} encoder runs per row, medians (min-max)")
     if torch.cuda.is_available():
         print(f"# cuda: {torch.cuda.get_device_name()}")
-    print("| device | shape | n | d | l | method | selection ms | min-max | encoder ms | min-max | selection / encoder |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| device | shape | n | d | l | method | rows | selection ms | min-max | encoder ms | min-max | selection / encoder |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     encoder_dtypes = set()
     jobs = [(device, shape) for device in devices for shape in shapes]
     for device, shape in tqdm(jobs, desc="shapes", unit="shape"):
         enc_dtype = getattr(torch, args.encoder_dtype) if args.encoder_dtype else (
             torch.float32 if device == "cpu" else dtype)
-        encoder = None if args.no_encoder else time_encoder(shape, device, enc_dtype, args.encoder_repeats)
+        encoder, encoded = time_encoder(shape, device, enc_dtype, 0 if args.no_encoder else args.encoder_repeats)
+        encoder = None if args.no_encoder else encoder
         encoder_dtypes.add(str(enc_dtype).removeprefix("torch."))
         for method in methods:  # each row as soon as it is measured
-            selection = time_selection(shape, device, dtype, args.repeats, method, args.core_ratio)
-            tqdm.write(_row(device, shape, method, selection, encoder))
+            for kind in ROWS:
+                rows = selection_rows(encoded, kind)
+                selection = time_selection(shape, rows, device, dtype, args.repeats, method, args.core_ratio)
+                tqdm.write(_row(device, shape, method, kind, selection, encoder))
     if not args.no_encoder:
         print(f"# encoders in {', '.join(sorted(encoder_dtypes))}")
 
 
-def _row(device, shape, method, selection, encoder) -> str:
+def _row(device, shape, method, kind, selection, encoder) -> str:
     sel_med, sel_spread = _fmt(selection)
     if encoder is None:
         enc_med, enc_spread, share = "-", "-", "-"
@@ -233,7 +280,7 @@ def _row(device, shape, method, selection, encoder) -> str:
         enc_med, enc_spread = _fmt(encoder)
         enc_med += " (2 of 32 blocks timed)" if shape.sampled else ""
         share = f"{statistics.median(selection) / statistics.median(encoder):.2%}"
-    return (f"| {device} | {shape.label} | {shape.n} | {shape.d} | {shape.l} | {method} | {sel_med} | "
+    return (f"| {device} | {shape.label} | {shape.n} | {shape.d} | {shape.l} | {method} | {kind} | {sel_med} | "
             f"{sel_spread} | {enc_med} | {enc_spread} | {share} |")
 
 

@@ -15,6 +15,13 @@ from tests.engine.harness import STOCK_VLLM_PLUGINS, free_engine, start_engine
 
 
 # --------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True)
+def image_seeds(request):
+    """Each test's images from seeds of its own id (harness.fresh_seed): the same alone,
+    in a subset or in any order."""
+    harness.seed_images(request.node.nodeid)
+
+
 @pytest.fixture(scope="module")
 def stock_engines():
     """``start_engine`` with the zspa plugin excluded through VLLM_PLUGINS; one engine

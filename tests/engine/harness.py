@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import io
 import os
 import types
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from zspa_selfcheck import engine
@@ -158,6 +161,24 @@ def start_engine(family: str, **overrides: Any):
     STARTUP_SECONDS.append((f"{family} ({runner})", seconds))
     print(f"\n[engine] {family}: LLM(...) start-up {seconds:.1f} s, {runner} runner")
     return llm, seconds
+
+
+# --------------------------------------------------------------------------- images
+# Each test's images come from seeds derived from its own id (tests/engine/conftest.py
+# calls seed_images before every test): a test sends the same images alone, in a subset,
+# in file order or shuffled, and two tests never share one (an identical image would be
+# served from the engine's caches instead of running the encoder and the selection).
+_image_seeds: Iterator[int] = itertools.count(1 << 40)
+
+
+def seed_images(test_id: str) -> None:
+    global _image_seeds
+    _image_seeds = itertools.count(zlib.crc32(test_id.encode()) * 1000 + (1 << 40))  # 1000 a test
+
+
+def fresh_seed() -> int:
+    """The next seed of the running test's images (zspa_selfcheck.images.make_image)."""
+    return next(_image_seeds)
 
 
 # --------------------------------------------------------------------------- requests

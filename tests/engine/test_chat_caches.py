@@ -40,11 +40,10 @@ QUESTIONS = [
 ]
 REPLIES = ["Some shapes.", "Red, I think."]
 
-_seeds = iter(range(20_000, 30_000))
 
 
 def fresh_image(size=SIZE):
-    return make_image(*size, next(_seeds))
+    return make_image(*size, harness.fresh_seed())
 
 
 def turn_one_image(family):

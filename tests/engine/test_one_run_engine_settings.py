@@ -16,7 +16,6 @@ from zspa_vllm.worker import selection_log
 pytestmark = pytest.mark.engine
 
 QUESTION = "What color is the big circle?"
-_seeds = iter(range(20_000, 30_000))
 
 
 def image_token_id(family: str) -> int:
@@ -31,7 +30,7 @@ def test_engine_wide_defaults_and_request_overrides(zspa_engines):
     with harness.runner("V1"):
         llm, _ = zspa_engines("llava-1.5", mm_processor_kwargs={"keep_rate": 0.25, "core_ratio": 0.4})
         assert model_class_of(llm).__name__ == "ZspaLlavaForConditionalGeneration"
-        image = (336, 336, next(_seeds))
+        image = (336, 336, harness.fresh_seed())
         default = harness.ask(llm, [image], QUESTION)
         assert selection_log.RECENT[-1].num_core == 58  # floor(0.4 * 144 + 0.5)
         override = harness.ask(llm, [image], QUESTION, keep_rate=0.5)
@@ -55,7 +54,7 @@ def test_many_images_in_flight_do_not_over_pack_the_encoder(zspa_engines, family
         llm, _ = zspa_engines(family, max_num_batched_tokens=budget, max_num_seqs=32)
 
         def run():
-            requests = [{"images": [(336, 336, next(_seeds))], "question": QUESTION} for _ in range(count)]
+            requests = [{"images": [(336, 336, harness.fresh_seed())], "question": QUESTION} for _ in range(count)]
             outs = llm.chat([request_messages(r) for r in requests], sampling(1), mm_processor_kwargs={"keep_rate": 0.1}, use_tqdm=False)
             assert [o.prompt_token_ids.count(token) for o in outs] == [num_kept(n, 0.1)] * count
 

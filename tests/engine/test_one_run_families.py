@@ -34,12 +34,11 @@ OTHER_QUESTION = "How many red circles are there in the top left corner?"
 ATOL = 1e-5  # the same request on another schedule or cache (float32)
 HF_ATOL = 1e-4  # vLLM vs transformers (float32)
 DIFF_MIN = 1e-3  # a real input change moves some logprob by more than this
-_seeds = iter(range(500, 10_000))
 
 
 def fresh(width: int, height: int) -> tuple[int, int, int]:
     """An image never sent before (an identical one is served from vLLM's caches)."""
-    return (width, height, next(_seeds))
+    return (width, height, harness.fresh_seed())
 
 
 @dataclass(frozen=True)

@@ -67,14 +67,10 @@ DIFF_MIN = 1e-3  # what a real difference moves some logprob by, at least
 VIDEO_RULE_MIN = 1e-4  # what a wrong video position rule moves some logprob by, at least (float32)
 
 
-
-_seeds = iter(range(1000, 10_000))
-
-
 def fresh(width: int, height: int) -> tuple[int, int, int]:
     """An image never sent before (identical images are served from vLLM's caches
     without running the encoder or our selection again)."""
-    return (width, height, next(_seeds))
+    return (width, height, harness.fresh_seed())
 
 
 class Engines:
@@ -470,7 +466,7 @@ def video_meta(frames: int) -> dict:
 
 def fresh_video(frames: int = VIDEO_FRAMES) -> np.ndarray:
     """Frames never sent before, (frames, height, width, 3) uint8."""
-    return np.stack([np.asarray(make_image(*VIDEO_SIZE, next(_seeds))) for _ in range(frames)])
+    return np.stack([np.asarray(make_image(*VIDEO_SIZE, harness.fresh_seed())) for _ in range(frames)])
 
 
 def video_prompt(with_image: bool, question: str = QUESTION) -> str:
