@@ -7,6 +7,7 @@ etc. before anything imports vLLM.
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 
@@ -64,11 +65,27 @@ def zspa_engines():
         free_engine()
 
 
+# "reverse" or an integer seed (shuffled): the order of the test modules, to show that no
+# module depends on what an earlier one left behind (inside a module, tests keep their
+# order: module-scoped engines and the tests that start a second engine last rely on it)
+ORDER_ENV = "ZSPA_TEST_ORDER"
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests on stock vLLM in this process (the stock_engines fixture) first: once a test
-    registers the plugin, the process's model registry is ours for good."""
+    registers the plugin, the process's model registry is ours for good. Otherwise file
+    order, or the module order ZSPA_TEST_ORDER asks for."""
     stock_modules = {item.module for item in items if "stock_engines" in getattr(item, "fixturenames", ())}
-    items.sort(key=lambda item: item.module not in stock_modules)  # stable: file order otherwise
+    modules = list(dict.fromkeys(item.module for item in items))
+    order = os.environ.get(ORDER_ENV, "").strip()
+    if order == "reverse":
+        modules.reverse()
+    elif order:
+        if not order.isdigit():
+            raise pytest.UsageError(f"{ORDER_ENV} must be 'reverse' or an integer seed, got {order!r}")
+        random.Random(int(order)).shuffle(modules)
+    rank = {module: i for i, module in enumerate(modules)}
+    items.sort(key=lambda item: (item.module not in stock_modules, rank[item.module]))  # stable inside a module
 
 
 def pytest_terminal_summary(terminalreporter):

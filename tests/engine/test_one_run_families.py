@@ -228,7 +228,10 @@ def test_kept_indices_equal_select_tokens(family, engine, hf, knobs, core_ratio,
         assert selection.method == method
         expected = select_tokens(item_rows, query, len(selection.kept), core_ratio, method=method)
         assert list(selection.kept) == expected.tolist()
-        if method != "divprune":  # sensitive: without the question the selection differs
+        # sensitive: without the question the selection differs. Not asserted with no core
+        # (core_ratio 0): the question then only picks the first token, from which the
+        # diversity picks may reach the same set (gemma3, one image: seen)
+        if method != "divprune" and core_ratio > 0:
             assert list(selection.kept) != select_tokens(item_rows, None, len(selection.kept), core_ratio, method=method).tolist()
 
 
