@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 SOAK_SECONDS ?= 600
 VLLM ?=
 
-.PHONY: check-upstream check-processor soak env demo test test-unit test-engine test-server bench-select bench-serve bench-video bench-chat fixtures demo-model eval-demo clean
+.PHONY: check-upstream check-processor soak env demo test test-unit test-engine test-server bench-select bench-serve bench-cost bench-video bench-chat fixtures demo-model eval-demo clean
 
 env:  ## create/refresh .venv (seconds when nothing changed)
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -32,6 +32,9 @@ bench-select: env  ## time the selection kernel at real model sizes
 BENCH_FAMILIES ?= qwen2.5-vl
 bench-serve: env  ## stock vLLM vs zspa-serve vs the ideal on a proportional random-weight model, concurrency 1-64 (about 40 min per family on 2 CPUs; BENCH_FAMILIES=qwen2.5-vl,llava-1.5,llava-next for more)
 	$(PY) benchmarks/serve_bench.py --families $(BENCH_FAMILIES) --scale 0.125 --concurrency 1,8,32,64 --requests 16 --repeats 2 --warmup 1
+
+bench-cost: env  ## what the plugin's own code costs a request it does not prune, hook by hook, vs stock vLLM (about 20 min on 2 CPUs)
+	$(PY) benchmarks/plugin_cost.py --families llava-1.5,qwen2.5-vl --scale 0.125 --concurrency 1,8 --requests 12 --repeats 3 --warmup 1
 
 bench-video: env  ## a video workload: stock vLLM vs zspa-serve vs vLLM's EVS, Qwen2.5-VL (about 20 min on 2 CPUs)
 	$(PY) benchmarks/serve_bench.py --workload video --scale 0 --families qwen2.5-vl --requests 8 --concurrency 4 --repeats 3 --warmup 1

@@ -14,7 +14,6 @@ Everything else passes through untouched.
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
 from zspa_vllm import envs
 from zspa_vllm.frontend import request_counts as tallies
@@ -121,7 +120,7 @@ async def _check_media_urls(request: dict) -> None:
     or an http(s) host that is not a public address (zspa_serve/media.py)."""
     for field, url in _media_urls(request):
         reason = media.scheme_refusal(url)
-        if reason is None and urlsplit(url).scheme.lower() in ("http", "https"):
+        if reason is None and media.url_scheme(url) in ("http", "https"):
             reason = await media.url_refusal(url)
         if reason is not None:
             raise BadRequest(f"{field}: {reason}", field)
@@ -138,7 +137,9 @@ def _rewrite(body: bytes, request: dict, had_mm_kwargs: bool, tally_id: str | No
         if mm_kwargs is None:
             return body
         if not had_mm_kwargs and stripped.endswith(b"}") and len(request) > 1:
-            return stripped[:-1] + b', "' + MM_KWARGS.encode() + b'": ' + json.dumps(mm_kwargs).encode() + b"}"
+            # one copy of the body (each + would copy it again)
+            added = b', "' + MM_KWARGS.encode() + b'": ' + json.dumps(mm_kwargs).encode() + b"}"
+            return b"".join((memoryview(body)[: len(stripped) - 1], added))
         return json.dumps(request).encode()
     except RecursionError:  # parsed just under the parser's depth limit, one level too deep here
         if tally_id is not None:
@@ -222,6 +223,8 @@ class _Annotator:
 
     def _annotate_sse(self, chunk: bytes, final: bool) -> bytes:
         # SSE events end with a blank line; an event split across chunks waits for its end
+        if not self._sse_rest and chunk.endswith(b"\n\n") and b'"usage"' not in chunk:
+            return chunk  # whole events, none with usage (most chunks): as they came
         data = self._sse_rest + chunk
         events = data.split(b"\n\n")
         self._sse_rest = b"" if final else events.pop()
