@@ -16,16 +16,20 @@ from the prefix cache, and with ``--enable-logging-iteration-details``, so the l
 how many encoder inputs vLLM's scheduler sent to the model in each step (what stock
 vLLM's vision encoder runs on). zspa-serve's model may still skip the vision encoder for
 such an input (its encoder-output cache): its vision-encoder runs are read from its
-``/metrics`` (``zspa_encoder_cache_misses_total``).
+``/metrics`` (``zspa_encoder_cache_misses_total``). Stock vLLM exports no such count:
+its runs are counted in its engine process by ``stock_encoder_probe/sitecustomize.py``
+(``stock_probe_env``), which wraps vLLM's model runner there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 
@@ -54,6 +58,14 @@ QUESTION_ROWS = [
 ]
 SERVERS = {"stock": {}, "zspa": {}, "zspa-nocache": {"ZSPA_ENCODER_CACHE_MIB": "0"}}
 SERVER_ARGS = ["--enable-prefix-caching", "--enable-prompt-tokens-details", "--enable-logging-iteration-details"]
+
+
+def stock_probe_env(directory: Path) -> dict:
+    """Environment of a stock server whose vision-encoder runs are counted into
+    ``directory`` (see stock_encoder_probe/sitecustomize.py)."""
+    probe = str(Path(__file__).resolve().parent / "stock_encoder_probe")
+    path = os.pathsep.join(p for p in (probe, os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "ZSPA_BENCH_ENCODER_RUNS": str(directory)}
 
 
 def rows(keep_rate: float) -> tuple[list, list]:
@@ -143,7 +155,8 @@ async def _questions(client, model, image_urls, knobs, count, max_tokens) -> lis
 
 class EncoderWork:
     """Encoder work a server did during a run: the inputs vLLM's scheduler sent to the
-    model (its iteration log) and, for zspa-serve, the vision-encoder runs (/metrics).
+    model (its iteration log) and the vision-encoder runs: zspa-serve's from its /metrics,
+    stock vLLM's from the counts its probe wrote into ``probe_dir``.
 
     vLLM logs a step's iteration line after the step, possibly after the client has its
     answer: ``finish(computed)`` waits until the lines since ``__enter__`` account for
@@ -153,13 +166,18 @@ class EncoderWork:
     ITERATION = re.compile(r"Iteration\(\d+\): \d+ context requests, (\d+) context tokens")
     ENCODER_INPUTS = re.compile(r"encoder inputs: (\d+)")
 
-    def __init__(self, base_url: str, log_path, timeout: float = 120.0) -> None:
-        self._base_url, self._log_path, self._timeout = base_url, log_path, timeout
+    def __init__(self, base_url: str, log_path, timeout: float = 120.0, probe_dir: Path | None = None) -> None:
+        self._base_url, self._log_path, self._timeout, self._probe_dir = base_url, log_path, timeout, probe_dir
 
-    def _misses(self) -> float | None:
+    def _runs(self) -> float:
+        if self._probe_dir is not None:  # stock vLLM: one file per process that ran the encoder
+            return sum(json.loads(f.read_text())["runs"] for f in Path(self._probe_dir).glob("*.json"))
         text = httpx.get(f"{self._base_url}/metrics", timeout=60).text
         misses = re.findall(r'^zspa_encoder_cache_misses_total\{dp_rank="\d+",tp_rank="0"\} (\S+)$', text, re.M)
-        return sum(float(m) for m in misses) if misses else None
+        if not misses:
+            raise RuntimeError(f"{self._base_url}/metrics has no zspa_encoder_cache_misses_total: no count of "
+                               "vision-encoder runs (a stock server needs probe_dir and stock_probe_env)")
+        return sum(float(m) for m in misses)
 
     def _since_enter(self) -> tuple[int, int]:
         """(context tokens, encoder inputs) of the complete iteration lines logged since
@@ -177,7 +195,7 @@ class EncoderWork:
 
     def __enter__(self):
         self._offset = self._log_path.stat().st_size
-        self._misses_before = self._misses()
+        self._runs_before = self._runs()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -195,10 +213,10 @@ class EncoderWork:
             raise RuntimeError(f"the server's iteration log shows {seen[0]} prompt tokens computed during the run, "
                                f"the responses {computed_tokens}: the encoder counts cannot be attributed to this run")
         self.scheduled = seen[1]
-        misses = self._misses()
-        # stock vLLM runs its vision encoder on every scheduled input (its encoder cache
-        # lives in the scheduler: a cached input is never scheduled); it exports no count
-        self.runs = self.scheduled if misses is None else misses - self._misses_before
+        self.runs = self._runs() - self._runs_before
+        if self._probe_dir is not None and self.scheduled and not self.runs:
+            raise RuntimeError(f"vLLM's scheduler sent {self.scheduled} encoder inputs but the stock probe counted no "
+                               f"vision-encoder run in {self._probe_dir} (was the server started with stock_probe_env?)")
 
 
 def _computed(turns) -> int:
@@ -215,11 +233,12 @@ async def _in_waves(base_url, image_urls, concurrency, wave) -> list:
         return results
 
 
-def run_chat(server, model, image_urls, knobs, turns, concurrency, max_tokens, image_token) -> dict:
+def run_chat(server, model, image_urls, knobs, turns, concurrency, max_tokens, image_token,
+             probe_dir: Path | None = None) -> dict:
     async def wave(client, urls):
         return await _conversations(client, model, urls, knobs, turns, max_tokens, image_token)
 
-    with EncoderWork(server.base_url, server.log_path) as work:
+    with EncoderWork(server.base_url, server.log_path, probe_dir=probe_dir) as work:
         conversations = asyncio.run(_in_waves(server.base_url, image_urls, concurrency, wave))
         work.finish(_computed(t for turns in conversations for t in turns))
     per_turn = list(zip(*conversations))
@@ -233,11 +252,12 @@ def run_chat(server, model, image_urls, knobs, turns, concurrency, max_tokens, i
     }
 
 
-def run_questions(server, model, image_urls, knobs, count, concurrency, max_tokens) -> dict:
+def run_questions(server, model, image_urls, knobs, count, concurrency, max_tokens,
+                  probe_dir: Path | None = None) -> dict:
     async def wave(client, urls):
         return await _questions(client, model, urls, knobs, count, max_tokens)
 
-    with EncoderWork(server.base_url, server.log_path) as work:
+    with EncoderWork(server.base_url, server.log_path, probe_dir=probe_dir) as work:
         images = asyncio.run(_in_waves(server.base_url, image_urls, concurrency, wave))
         work.finish(_computed(q for questions in images for q in questions))
     first = [questions[0] for questions in images]

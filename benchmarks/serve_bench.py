@@ -400,9 +400,11 @@ def bench_family_chat(family: str, args, workdir: Path) -> tuple[list[dict], lis
     name = f"{family}-bench"
     chat_rows, question_rows = chat_workloads.rows(args.chat_keep_rate)
     servers = {}
+    probes = {"stock": workdir / f"{family}-stock-encoder-runs"}  # stock's encoder runs, counted in its engine
     try:
         for kind, extra_env in chat_workloads.SERVERS.items():
-            env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1", **extra_env}
+            env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1", **extra_env,
+                   **(chat_workloads.stock_probe_env(probes[kind]) if kind in probes else {})}
             server = ServerProcess([model_path, "--served-model-name", name, *engine], workdir / f"{family}-chat-{kind}.log",
                                    env=env, stock=kind == "stock")
             servers[kind] = server
@@ -415,7 +417,7 @@ def bench_family_chat(family: str, args, workdir: Path) -> tuple[list[dict], lis
                 urls = [image_url(s, IMAGE_SIZE) for s in range(seed, seed + args.conversations)]
                 seed += args.conversations
                 result = chat_workloads.run_chat(servers[kind], name, urls, knobs, args.turns, args.concurrency,
-                                                 args.max_tokens, image_token)
+                                                 args.max_tokens, image_token, probes.get(kind))
                 if repeat >= args.warmup:
                     chat_runs[label].append(result)
                 print(f"[{family}] chat {repeat + 1}/{args.warmup + args.repeats} {label}: TTFT by turn "
@@ -425,7 +427,7 @@ def bench_family_chat(family: str, args, workdir: Path) -> tuple[list[dict], lis
                 urls = [image_url(s, IMAGE_SIZE) for s in range(seed, seed + args.images)]
                 seed += args.images
                 result = chat_workloads.run_questions(servers[kind], name, urls, knobs, args.questions, args.concurrency,
-                                                      args.max_tokens)
+                                                      args.max_tokens, probes.get(kind))
                 if repeat >= args.warmup:
                     question_runs[label].append(result)
                 print(f"[{family}] questions {repeat + 1}/{args.warmup + args.repeats} {label}: TTFT first "
