@@ -54,6 +54,9 @@ CHAT_ROWS = [
 QUESTION_ROWS = [
     ("stock vLLM", "stock", {}),
     ("zspa (encoder cache on)", "zspa", {}),
+    ("zspa query_scope first", "zspa", {"query_scope": "first"}),  # the first question's selection, kept
+    ("zspa divprune", "zspa", {"prune_method": "divprune"}),  # question-agnostic
+    ("zspa core_ratio 0", "zspa", {"core_ratio": 0}),  # the question picks only the first token
     ("previous release: no encoder cache", "zspa-nocache", {}),
 ]
 SERVERS = {"stock": {}, "zspa": {}, "zspa-nocache": {"ZSPA_ENCODER_CACHE_MIB": "0"}}
@@ -296,6 +299,15 @@ def _fmt(stat, digits=0) -> str:
 def markdown(chat: list[dict], questions: list[dict], meta: dict) -> str:
     lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Workloads: {meta['workload']}  ",
              "Values: median (min-max) over the repeats; a run's value is the median over its conversations (images).", ""]
+    if chat:
+        lines += _chat_table(chat)
+    if questions:
+        lines += _questions_table(questions)
+    return "\n".join(lines) + "\n"
+
+
+def _chat_table(chat: list[dict]) -> list[str]:
+    lines = []
     turns = len(chat[0]["ttft_ms_by_turn"])
     header = ["family", "setting", *[f"TTFT turn {k + 1} ms" for k in range(turns)], "prompt tok (turn 1 / last)",
               "prefix-cached tok (last turn)", "image KV reused, turns 2+", "encoder inputs / conversation",
@@ -311,9 +323,14 @@ def markdown(chat: list[dict], questions: list[dict], meta: dict) -> str:
             f"{r['cached_tokens_by_turn'][-1]['median']:.0f}", f"{100 * r['image_prefix_cached_later_turns']['median']:.0f}%",
             _fmt(r["encoder_inputs_per_conversation"], 2), _fmt(r["encoder_runs_per_conversation"], 2), f"{later / base:.2f}x",
         ]) + " |")
+    return lines + [""]
+
+
+def _questions_table(questions: list[dict]) -> list[str]:
+    lines = []
     header = ["family", "setting", "TTFT first question ms", "TTFT later questions ms", "prompt tok", "prefix-cached tok (later)",
               "encoder inputs / image", "vision-encoder runs / image", "later TTFT vs stock"]
-    lines += ["", "### Same image, many questions (separate requests)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["### Same image, many questions (separate requests)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     stock = {r["family"]: r for r in questions if r["server"] == "stock"}
     for r in questions:
         lines.append("| " + " | ".join([
@@ -321,7 +338,7 @@ def markdown(chat: list[dict], questions: list[dict], meta: dict) -> str:
             f"{r['cached_tokens_later']['median']:.0f}", _fmt(r["encoder_inputs_per_image"], 2), _fmt(r["encoder_runs_per_image"], 2),
             f"{r['ttft_later_ms']['median'] / stock[r['family']]['ttft_later_ms']['median']:.2f}x",
         ]) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(chat: list[dict], questions: list[dict], path) -> None:
@@ -330,18 +347,24 @@ def plot(chat: list[dict], questions: list[dict], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = list(dict.fromkeys(r["family"] for r in chat))
+    families = list(dict.fromkeys(r["family"] for r in chat + questions))
     fig, axes = plt.subplots(len(families), 2, figsize=(12, 3.4 * len(families)), squeeze=False)
     for (ax_chat, ax_q), family in zip(axes, families):
+        if not chat:
+            ax_chat.set_axis_off()
         for r in (r for r in chat if r["family"] == family):
             med = [s["median"] for s in r["ttft_ms_by_turn"]]
             turns = range(1, len(med) + 1)
             ax_chat.errorbar(turns, med, yerr=[[m - s["min"] for m, s in zip(med, r["ttft_ms_by_turn"])],
                                                 [s["max"] - m for m, s in zip(med, r["ttft_ms_by_turn"])]],
                              marker="o", capsize=3, label=r["setting"], color="gray" if r["server"] == "stock" else None)
-        ax_chat.set(title=f"{family}: multi-turn chat, TTFT by turn", xlabel="turn", ylabel="ms", xticks=list(turns))
-        ax_chat.legend(fontsize=7)
+        if chat:
+            ax_chat.set(title=f"{family}: multi-turn chat, TTFT by turn", xlabel="turn", ylabel="ms", xticks=list(turns))
+            ax_chat.legend(fontsize=7)
         sub = [r for r in questions if r["family"] == family]
+        if not sub:
+            ax_q.set_axis_off()
+            continue
         x = range(len(sub))
         for offset, key, name in ((-0.2, "ttft_first_ms", "first question"), (0.2, "ttft_later_ms", "later questions")):
             med = [r[key]["median"] for r in sub]

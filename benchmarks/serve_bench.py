@@ -399,10 +399,13 @@ def bench_family_chat(family: str, args, workdir: Path) -> tuple[list[dict], lis
               "--enforce-eager", *chat_workloads.SERVER_ARGS, "--block-size", str(args.block_size), *args.engine_args.split()]
     name = f"{family}-bench"
     chat_rows, question_rows = chat_workloads.rows(args.chat_keep_rate)
+    parts = args.chat_workloads.split(",")
+    chat_rows, question_rows = (chat_rows if "chat" in parts else []), (question_rows if "questions" in parts else [])
     servers = {}
     probes = {"stock": workdir / f"{family}-stock-encoder-runs"}  # stock's encoder runs, counted in its engine
     try:
-        for kind, extra_env in chat_workloads.SERVERS.items():
+        used = {kind for _, kind, _ in chat_rows + question_rows}
+        for kind, extra_env in ((k, e) for k, e in chat_workloads.SERVERS.items() if k in used):
             env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1", **extra_env,
                    **(chat_workloads.stock_probe_env(probes[kind]) if kind in probes else {})}
             server = ServerProcess([model_path, "--served-model-name", name, *engine], workdir / f"{family}-chat-{kind}.log",
@@ -447,10 +450,13 @@ def main_chat(args) -> int:
         for family in args.families.split(","):
             c, q = bench_family_chat(family, args, Path(tmp))
             chat, questions = chat + c, questions + q
-    meta = _meta(args, f"multi-turn: {args.conversations} conversations of {args.turns} turns, {args.concurrency} at a time in "
-                       f"lockstep, a new {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image in turn 1, text follow-ups; same image: "
-                       f"{args.images} images x {args.questions} questions, {args.concurrency} images at a time in lockstep; "
-                       f"keep_rate {args.chat_keep_rate:g}, {args.max_tokens} output tokens, KV block size {args.block_size}")
+    parts = args.chat_workloads.split(",")
+    workloads = ([f"multi-turn: {args.conversations} conversations of {args.turns} turns, {args.concurrency} at a time in "
+                  f"lockstep, a new {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image in turn 1, text follow-ups"] if "chat" in parts else []) + (
+                 [f"same image: {args.images} images x {args.questions} questions, {args.concurrency} images at a time in "
+                  f"lockstep"] if "questions" in parts else [])
+    meta = _meta(args, "; ".join(workloads) + f"; keep_rate {args.chat_keep_rate:g}, {args.max_tokens} output tokens, "
+                       f"KV block size {args.block_size}")
     args.out.mkdir(parents=True, exist_ok=True)
     table = chat_workloads.markdown(chat, questions, meta)
     stem = f"{args.name}_chat"
@@ -598,6 +604,13 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _chat_workloads(text: str) -> str:
+    parts = text.split(",")
+    if not parts or any(p not in ("chat", "questions") for p in parts):
+        raise argparse.ArgumentTypeError(f"expected chat, questions or both comma-separated, got {text!r}")
+    return text
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -641,6 +654,8 @@ def main() -> int:
                         "same-image-many-questions workloads; video: one video + question per request, keep "
                         "rates swept, and vLLM's EVS")
     p.add_argument("--chat-keep-rate", type=float, default=0.25, help="chat workloads: the keep rate")
+    p.add_argument("--chat-workloads", type=_chat_workloads, default="chat,questions",
+                   help="chat: which of the two workloads to run, comma-separated: chat, questions")
     p.add_argument("--conversations", type=int, default=8, help="chat: conversations per run")
     p.add_argument("--turns", type=int, default=4, help="chat: turns per conversation (the image in turn 1)")
     p.add_argument("--images", type=int, default=4, help="chat: images per run of the same-image workload")

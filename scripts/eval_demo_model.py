@@ -26,6 +26,8 @@ def main() -> int:
     p.add_argument("--keep-rates", default="0.25,0.1,0.05")
     p.add_argument("--core-ratios", default="0,0.2,1")
     p.add_argument("--methods", default="zspa,relevance,divprune")
+    p.add_argument("--asked-second", action="store_true", help="zspa-eval --asked-second: each zspa setting also "
+                   "under query_scope first, asked after another question about its image")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/demo_accuracy")
     args = p.parse_args()
 
@@ -38,7 +40,8 @@ def main() -> int:
         return zspa_eval(["--base-url", f"{server.base_url}/v1", "--data", str(data), "--out", str(args.out),
                           "--keep-rates", args.keep_rates, "--core-ratios", args.core_ratios,
                           "--methods", args.methods, "--max-tokens", "4", "--concurrency", "8",
-                          "--bare-questions"])  # the demo model was trained on the questions alone
+                          "--bare-questions",  # the demo model was trained on the questions alone
+                          *(["--asked-second"] if args.asked_second else [])])
     finally:
         server.stop()
         log.unlink(missing_ok=True)

@@ -74,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
 
 def settings(keep_rates, core_ratios, methods) -> list[PruneParams]:
     """Every combination, each validated by the plugin's own knob parser; settings that
-    make the same selection (divprune and relevance ignore the core ratio) appear once."""
+    make the same selection (divprune, random and relevance ignore the core ratio) appear once."""
     out, seen = [], set()
     for method, keep, core in itertools.product(methods, keep_rates, core_ratios):
         try:
@@ -201,7 +201,7 @@ def _caption(panel: Panel, geometry: Geometry) -> str:
     if panel.num_visual < 0:
         return f"unpruned (keep_rate 1)\nevery visual token kept\nanswer: {panel.answer!r}"
     head = {"zspa": f"zspa, keep {p.keep_rate:g}, core {p.core_ratio:g}", "relevance": f"relevance, keep {p.keep_rate:g}",
-            "divprune": f"divprune, keep {p.keep_rate:g}"}[p.prune_method]
+            "divprune": f"divprune, keep {p.keep_rate:g}", "random": f"random, keep {p.keep_rate:g}"}[p.prune_method]
     placeless = sum(geometry.boxes[i] is None for i in panel.kept)
     counts = f"{len(panel.kept)} of {panel.num_visual} kept ({len(panel.core)} core)"
     if placeless:

@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-rates", type=_floats, default=[0.5, 0.25, 0.1])
     p.add_argument("--core-ratios", type=_floats, default=[0.1, 0.2, 0.4])
     p.add_argument("--methods", type=lambda t: t.split(","), default=["zspa", "divprune"])
+    p.add_argument("--asked-second", action="store_true", help="also run every zspa setting with query_scope first, "
+                   "each question sent after another row's question about its image: the accuracy of answering with "
+                   "the tokens chosen for another question (what query_scope first costs)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--knobs-field", help="send the knobs inside this body field (e.g. mm_processor_kwargs for "
@@ -51,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        sweep = cells(args.keep_rates, args.core_ratios, args.methods)
+        sweep = cells(args.keep_rates, args.core_ratios, args.methods, args.asked_second)
     except ValueError as error:
         parser().error(str(error))
     rows = load_rows(args.data, split=args.split, limit=args.limit)

@@ -63,7 +63,7 @@ def markdown(summaries: list[dict]) -> str:
                  _pct(s["relative_accuracy"]) + ("%" if s["relative_accuracy"] is not None else ""), str(s["errors"])]
         lines.append("| " + " | ".join(cells) + " |")
     text = "### Accuracy per setting (percent)\n\n" + "\n".join(lines) + "\n"
-    zspa = [s for s in summaries if s["prune_method"] == "zspa"]
+    zspa = [s for s in summaries if s["prune_method"] == "zspa" and not s.get("asked_second")]
     if zspa:
         rates = sorted({s["keep_rate"] for s in zspa}, reverse=True)
         cores = sorted({s["core_ratio"] for s in zspa})
@@ -88,10 +88,12 @@ def plot(summaries: list[dict], path: Path) -> None:
         if s["accuracy"] is None or s["cell"] == UNPRUNED.key:
             continue
         label = f"zspa core={s['core_ratio']:g}" if s["prune_method"] == "zspa" else s["prune_method"]
+        label += ", first, asked second" if s.get("asked_second") else ""
         series[label].append((s["keep_rate"], 100 * s["accuracy"]))
     for label, points in sorted(series.items()):
         xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", linestyle="-" if label.startswith("zspa") else "--", label=label)
+        style = ":" if "asked second" in label else "-" if label.startswith("zspa") else "--"
+        ax.plot(xs, ys, marker="o", linestyle=style, label=label)
     reference = next((s for s in summaries if s["cell"] == UNPRUNED.key and s["accuracy"] is not None), None)
     if reference:
         ax.axhline(100 * reference["accuracy"], color="gray", linestyle=":", label="unpruned")

@@ -30,23 +30,29 @@ class Cell:
     prune_method: str
     keep_rate: float
     core_ratio: float | None  # only zspa uses it
+    # query_scope "first", each question sent after another one about its image: its
+    # tokens are the ones chosen for that other question
+    asked_second: bool = False
 
     @property
     def key(self) -> str:
         core = "" if self.core_ratio is None else f",core={self.core_ratio:g}"
-        return f"{self.prune_method}(keep={self.keep_rate:g}{core})"
+        return f"{self.prune_method}(keep={self.keep_rate:g}{core}{',first,asked second' if self.asked_second else ''})"
 
     def knobs(self) -> dict:
         knobs = {"prune_method": self.prune_method, "keep_rate": self.keep_rate}
+        if self.asked_second:
+            knobs["query_scope"] = "first"
         return knobs if self.core_ratio is None else {**knobs, "core_ratio": self.core_ratio}
 
 
 UNPRUNED = Cell("none", 1.0, None)
 
 
-def cells(keep_rates: list[float], core_ratios: list[float], methods: list[str]) -> list[Cell]:
-    """The unpruned reference plus every method x keep_rate (x core_ratio for zspa);
-    the values are validated as the server would."""
+def cells(keep_rates: list[float], core_ratios: list[float], methods: list[str], asked_second: bool = False) -> list[Cell]:
+    """The unpruned reference plus every method x keep_rate (x core_ratio for zspa), and
+    with ``asked_second`` every zspa cell again asked second; the values are validated
+    as the server would."""
     for rate, core, method in itertools.product(keep_rates, core_ratios, methods):
         parse_knobs({"keep_rate": rate, "core_ratio": core, "prune_method": method})
     out = [UNPRUNED]
@@ -55,7 +61,9 @@ def cells(keep_rates: list[float], core_ratios: list[float], methods: list[str])
             continue  # the reference already keeps everything
         cores = core_ratios if method == "zspa" else [None]
         out += [Cell(method, rate, core) for core in cores]
-    return sorted(set(out), key=lambda c: (c != UNPRUNED, c.prune_method, -c.keep_rate, c.core_ratio or 0))
+        if asked_second and method == "zspa":
+            out += [Cell(method, rate, core, asked_second=True) for core in cores]
+    return sorted(set(out), key=lambda c: (c != UNPRUNED, c.prune_method, -c.keep_rate, c.core_ratio or 0, c.asked_second))
 
 
 @dataclass
@@ -68,10 +76,13 @@ class Endpoint:
     instructions: bool = True  # append the answer-format instruction of the row's type to its question
     timeout: float = 600
 
-    def body(self, row: Row, cell: Cell) -> dict:
+    def body(self, row: Row, cell: Cell, question: str | None = None) -> dict:
+        """The request for ``row`` under ``cell`` (asking ``question`` instead of the
+        row's when given)."""
+        question = row.question if question is None else question
         content = [
             {"type": f"{row.media}_url", f"{row.media}_url": {"url": row.media_url}},
-            {"type": "text", "text": f"{row.question}\n{INSTRUCTIONS[row.type]}" if self.instructions else row.question},
+            {"type": "text", "text": f"{question}\n{INSTRUCTIONS[row.type]}" if self.instructions else question},
         ]
         body = {"model": self.model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": self.max_tokens, "temperature": 0}
@@ -93,11 +104,22 @@ def run_sweep(endpoint: Endpoint, rows: list[Row], sweep: list[Cell], results: P
     done = {(r["cell"], r["id"]) for r in read_results(results) if r.get("error") is None}
     todo = [(cell, row) for cell in sweep for row in rows if (cell.key, row.id) not in done]
     if todo:
-        asyncio.run(_run(endpoint, todo, results, concurrency))
+        asyncio.run(_run(endpoint, todo, results, concurrency, first_questions(rows)))
     return len(todo)
 
 
-async def _run(endpoint: Endpoint, todo: list[tuple[Cell, Row]], results: Path, concurrency: int) -> None:
+def first_questions(rows: list[Row]) -> dict[str, str]:
+    """For the cells asked second: the question each row's image is asked first, the
+    next row's (in a circle) that differs from its own."""
+    first = {}
+    for i, row in enumerate(rows):
+        others = (rows[(i + k) % len(rows)].question for k in range(1, len(rows)))
+        first[row.id] = next((q for q in others if q != row.question), None)
+    return first
+
+
+async def _run(endpoint: Endpoint, todo: list[tuple[Cell, Row]], results: Path, concurrency: int,
+               first: dict[str, str | None]) -> None:
     limit = asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +128,7 @@ async def _run(endpoint: Endpoint, todo: list[tuple[Cell, Row]], results: Path, 
 
             async def one(cell: Cell, row: Row) -> None:
                 async with limit:
-                    record = await _ask(client, endpoint, cell, row)
+                    record = await _ask(client, endpoint, cell, row, first[row.id] if cell.asked_second else None)
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 bar.update()
@@ -114,9 +136,18 @@ async def _run(endpoint: Endpoint, todo: list[tuple[Cell, Row]], results: Path, 
             await asyncio.gather(*(one(cell, row) for cell, row in todo))
 
 
-async def _ask(client: httpx.AsyncClient, endpoint: Endpoint, cell: Cell, row: Row) -> dict:
+async def _ask(client: httpx.AsyncClient, endpoint: Endpoint, cell: Cell, row: Row, first: str | None = None) -> dict:
+    """The row's answer under ``cell``; for a cell asked second, after asking ``first``
+    about the same image (the server then keeps that question's selection)."""
     record = {"cell": cell.key, "knobs": asdict(cell), "id": row.id, "type": row.type, "answer": row.answer}
     try:
+        if cell.asked_second:
+            if first is None:
+                raise ValueError("no other question to ask first: every row asks the same")
+            record["asked_first"] = first
+            response = await client.post("/chat/completions", json=endpoint.body(row, cell, first))
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code} on the question asked first: {response.text[:500]}")
         response = await client.post("/chat/completions", json=endpoint.body(row, cell))
         payload = response.json()
         if response.status_code != 200:

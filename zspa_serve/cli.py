@@ -45,12 +45,13 @@ def our_parser() -> argparse.ArgumentParser:
     ours = parser.add_argument_group("zspa-serve (all other options are vllm serve's)")
     ours.add_argument("--keep-rate", dest=KEEP_RATE, help="default share of visual tokens kept, 0 < r <= 1 (default 1: no pruning)")
     ours.add_argument("--core-ratio", dest=CORE_RATIO, help="default share of the kept tokens chosen by relevance, 0 <= k <= 1 (default 0.2)")
-    ours.add_argument("--prune-method", dest=PRUNE_METHOD, help="default method: zspa, relevance, divprune or none (default zspa)")
+    ours.add_argument("--prune-method", dest=PRUNE_METHOD, help="default method: zspa, relevance, divprune, random or none (default zspa)")
     ours.add_argument(
         "--query-scope",
         dest=QUERY_SCOPE,
         help="default query of each image: image_turn (the user turn holding it; keeps the caches across "
-        "a chat) or last_turn (the newest question; re-selects every image at every turn) (default image_turn)",
+        "a chat), last_turn (the newest question; re-selects every image at every turn) or first (the first "
+        "question this server pruned the image for; keeps its caches across separate requests) (default image_turn)",
     )
     ours.add_argument(
         "--encoder-cache-mib",

@@ -51,6 +51,16 @@ def _positive_bytes(name: str, raw: str) -> int:
     return size
 
 
+def _count(name: str, raw: str) -> int:
+    try:
+        count = int(raw)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {raw!r}")
+    return count
+
+
 def _path(name: str, raw: str) -> str:
     return raw
 
@@ -62,9 +72,11 @@ STATS_DIR = "ZSPA_STATS_DIR"
 MAX_BODY_BYTES = "ZSPA_MAX_BODY_BYTES"
 ALLOW_PRIVATE_MEDIA_URLS = "ZSPA_ALLOW_PRIVATE_MEDIA_URLS"
 KNOBS_ONLY_MM_KWARGS = "ZSPA_KNOBS_ONLY_MM_KWARGS"
+FIRST_QUERY_ITEMS = "ZSPA_FIRST_QUERY_ITEMS"
 
 DEFAULT_ENCODER_CACHE_MIB = 512
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_FIRST_QUERY_ITEMS = 20_000
 
 VARIABLES: dict[str, Variable] = {
     v.name: v
@@ -94,6 +106,11 @@ VARIABLES: dict[str, Variable] = {
         Variable(KNOBS_ONLY_MM_KWARGS, "0 or 1", "0",
                  "set by zspa-serve without --trust-request-mm-kwargs: a request's mm_processor_kwargs may hold the knobs only",
                  _flag, False),
+        # an entry is an item's hash, its knobs and its query ids: about 0.5 KB
+        Variable(FIRST_QUERY_ITEMS, "items", str(DEFAULT_FIRST_QUERY_ITEMS),
+                 "images (videos) per API-server process whose first query `query_scope: \"first\"` remembers, "
+                 "least recently used forgotten first; 0: none (first then selects like image_turn)",
+                 _count, DEFAULT_FIRST_QUERY_ITEMS),
     )
 }
 

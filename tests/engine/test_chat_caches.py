@@ -19,7 +19,7 @@ from tests.engine.harness import FAMILIES, HYBRID_FAMILIES, QWEN_FAMILIES, fixtu
 from tests.fixtures.images import make_image
 from zspa_vllm.worker import selection_log
 from zspa_vllm.envs import ENCODER_CACHE_MIB as ENCODER_CACHE_MIB_ENV
-from zspa_vllm.core.selection import num_kept, select_tokens
+from zspa_vllm.core.selection import num_kept, random_seed, select_tokens
 
 pytestmark = pytest.mark.engine
 
@@ -199,6 +199,88 @@ def test_last_turn_re_selects_for_the_newest_question_without_re_encoding(engine
     for (out, selections, _), (ref, ref_selections, _) in zip(results, reference):
         assert [s.kept for s in selections] == [s.kept for s in ref_selections]
         same_output(out, ref, family)
+
+
+def test_first_scope_keeps_the_first_questions_selection(engines):
+    """query_scope "first": separate questions about one image keep the selection made
+    for the first, so its placeholders and identity too: later questions reuse the
+    image's KV from the prefix cache like stock vLLM. Other knobs select afresh; the same
+    questions under image_turn lose the image's cache (the sensitivity)."""
+    family = engines.family
+    llm = engines.get("cached")
+    block = llm.llm_engine.vllm_config.cache_config.block_size
+    tokenizer = llm.get_tokenizer()
+    image = turn_one_image(family)
+    n = visual_tokens(family, *image.size)
+    asked = [QUESTIONS[3], QUESTIONS[4], QUESTIONS[6]]
+    runs_before = vision_tower_calls(llm, family)
+    outs, history = [], []
+    for k, question in enumerate(asked):
+        outs.append(chat(llm, [user(question, image)], keep_rate=KEEP, query_scope="first"))
+        selections = list(selection_log.RECENT)
+        if k == 0:
+            (selection,) = selections
+            assert list(selection.query_ids) == tokenizer.encode(asked[0], add_special_tokens=False)
+            first_kept = selection.kept
+            assert len(first_kept) == num_kept(n, KEEP)
+        else:
+            # the same placeholders and identity as the first: every full block up to the
+            # question comes from the cache; the image's last partial block, if any, is
+            # selected again for the first question
+            prompt = list(outs[k].prompt_token_ids)
+            assert outs[k].num_cached_tokens == harness.expected_cached_tokens(prompt, history, block)
+            (offset,) = image_offsets(prompt, family)
+            assert outs[k].num_cached_tokens > offset // block * block
+            for selection in selections:
+                assert list(selection.query_ids) == tokenizer.encode(asked[0], add_special_tokens=False)
+                assert selection.kept == first_kept
+        history.append(sequence(outs[k]))
+    assert vision_tower_calls(llm, family) - runs_before == 1
+    assert list(outs[1].prompt_token_ids)[: offset + num_kept(n, KEEP)] == list(outs[0].prompt_token_ids)[: offset + num_kept(n, KEEP)]
+
+    # other knobs: a selection of their own, for the question they are first asked with
+    chat(llm, [user(asked[1], image)], keep_rate=0.5, query_scope="first")
+    (selection,) = selection_log.RECENT
+    assert list(selection.query_ids) == tokenizer.encode(asked[1], add_special_tokens=False)
+    assert len(selection.kept) == num_kept(n, 0.5)
+    # the sensitivity: image_turn selects for the question, a new identity, so only the
+    # blocks before the image come from the cache
+    out = chat(llm, [user(asked[2], image)], keep_rate=KEEP)
+    (selection,) = selection_log.RECENT
+    assert list(selection.query_ids) == tokenizer.encode(asked[2], add_special_tokens=False)
+    assert out.num_cached_tokens == offset // block * block < outs[2].num_cached_tokens
+    print(f"\n[{family}] query_scope first, 3 questions about one image: prefix-cached "
+          f"{[o.num_cached_tokens for o in outs]} of {[len(o.prompt_token_ids) for o in outs]}; image_turn on the "
+          f"third question: {out.num_cached_tokens}")
+
+
+def test_random_keeps_one_set_per_image_whatever_the_question(engines):
+    """prune_method "random": the kept tokens are drawn from the image's content key
+    (exactly select_tokens' draw on the cached rows), so a new question about the image
+    keeps them and reuses its KV from the prefix cache; another image draws others."""
+    family = engines.family
+    llm = engines.get("cached")
+    block = llm.llm_engine.vllm_config.cache_config.block_size
+    image = turn_one_image(family)
+    keep = num_kept(visual_tokens(family, *image.size), KEEP)
+    keys_before = set(llm.apply_model(lambda m: list(m._zspa_cache._entries))[0])
+    first = chat(llm, [user(QUESTIONS[0], image)], keep_rate=KEEP, prune_method="random")
+    (selection,) = selection_log.RECENT
+    assert selection.method == "random" and len(selection.kept) == keep and selection.core == ()
+    (key,) = set(llm.apply_model(lambda m: list(m._zspa_cache._entries))[0]) - keys_before
+
+    def drawn(model):
+        rows = model._zspa_cache._entries[key]
+        return tuple(select_tokens(rows, None, keep, 0.0, method="random", seed=random_seed(key)).tolist())
+
+    assert selection.kept == llm.apply_model(drawn)[0]
+    second = chat(llm, [user(QUESTIONS[1], image)], keep_rate=KEEP, prune_method="random")
+    prompt = list(second.prompt_token_ids)
+    (offset,) = image_offsets(prompt, family)
+    assert second.num_cached_tokens == harness.expected_cached_tokens(prompt, [sequence(first)], block) > offset // block * block
+    assert all(s.kept == selection.kept for s in selection_log.RECENT)  # a re-selected tail block draws the same
+    chat(llm, [user(QUESTIONS[0], turn_one_image(family))], keep_rate=KEEP, prune_method="random")
+    assert selection_log.RECENT[0].kept != selection.kept  # another image, another draw
 
 
 def test_same_image_many_questions_encodes_once(engines):

@@ -69,7 +69,7 @@ def test_flags_merge_with_the_users_mm_processor_kwargs():
         (["m", "--keep-rate", "2"], "keep-rate must be in (0, 1]"),
         (["m", "--core-ratio", "abc"], "core-ratio must be a number"),
         (["m", "--prune-method", "fast"], "prune-method must be one of"),
-        (["m", "--query-scope", "all"], "query-scope must be one of ['image_turn', 'last_turn'], got 'all'"),
+        (["m", "--query-scope", "all"], "query-scope must be one of ['image_turn', 'last_turn', 'first'], got 'all'"),
         (["m", "--encoder-cache-mib", "-5"], "--encoder-cache-mib must be a whole number of MiB >= 0, got '-5'"),
         (["m", "--encoder-cache-mib", "lots"], "--encoder-cache-mib must be a whole number of MiB >= 0, got 'lots'"),
         (["m", "--keep-rate", "0.5", "--mm-processor-kwargs", '{"keep_rate": 0.25}'], "contradicts"),

@@ -3,12 +3,14 @@ dataset under tests/fixtures/eval (a pipeline check: those questions are not the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.server.conftest import API_KEY
 from zspa_eval.cli import main
+from zspa_eval.dataset import load_rows
 from zspa_eval.scoring import is_correct
 from zspa_eval.sweep import read_results
 from zspa_vllm.core.selection import num_kept
@@ -60,6 +62,40 @@ def test_knobs_inside_mm_processor_kwargs(server, tmp_path):
     assert run(server, out, *argv) == 0
     kept = sorted(r["visual_tokens_kept"] for r in read_results(out / "results.jsonl"))
     assert kept == [num_kept(N, 0.1)] * 2 + [N, N]
+
+
+def test_asked_second_sends_another_question_first(server, tmp_path):
+    """--asked-second: each zspa setting again with query_scope first, each row's image
+    asked another row's question first (two requests, counted by the server's kept-token
+    counter); random, a question-free baseline, alongside."""
+    import httpx
+
+    def kept_tokens() -> dict:
+        text = httpx.get(f"{server.base_url}/metrics").text
+        return {m: sum(float(v) for v in re.findall(r'^zspa_visual_tokens_kept_total\{method="%s"\} (\S+)$' % m, text, re.M))
+                for m in ("zspa", "random")}
+
+    out = tmp_path / "second"
+    before = kept_tokens()
+    argv = ["--keep-rates", "0.25", "--core-ratios", "0.2", "--methods", "zspa,random", "--limit", "3", "--asked-second"]
+    assert run(server, out, *argv) == 0
+    after = kept_tokens()
+    records = read_results(out / "results.jsonl")
+    by_cell = {}
+    for r in records:
+        by_cell.setdefault(r["cell"], []).append(r)
+    assert sorted(by_cell) == ["none(keep=1)", "random(keep=0.25)", "zspa(keep=0.25,core=0.2)",
+                               "zspa(keep=0.25,core=0.2,first,asked second)"]
+    questions = {row.id: row.question for row in load_rows(DATA)}
+    second = by_cell["zspa(keep=0.25,core=0.2,first,asked second)"]
+    assert all(r["error"] is None and r["knobs"]["asked_second"] for r in second)
+    assert all(r["asked_first"] in questions.values() and r["asked_first"] != questions[r["id"]] for r in second)
+    assert "asked_first" not in by_cell["zspa(keep=0.25,core=0.2)"][0]
+    k25 = num_kept(N, 0.25)
+    assert after["zspa"] - before["zspa"] == (3 + 2 * 3) * k25  # fresh, and asked second after a first question
+    assert after["random"] - before["random"] == 3 * k25
+    report = (out / "report.md").read_text()
+    assert "| zspa(keep=0.25,core=0.2,first,asked second) |" in report
 
 
 def test_bad_sweep_values_exit_2(tmp_path, capsys):

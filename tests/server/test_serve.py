@@ -267,6 +267,32 @@ def test_metrics_count_encoder_cache_hits_and_misses(server, model):
     assert 0 < scrape("bytes") <= 512 << 20
 
 
+def test_query_scope_first_reuses_the_image_across_requests(server, model):
+    """Three questions about one image in separate requests with query_scope "first":
+    the later two reuse the image's KV from vLLM's prefix cache (its counter of hit
+    tokens); the same image asked under image_turn, a new selection, does not. The demo
+    template puts a turn's text before its images, so the image goes in a turn of its own
+    ahead of the question; the CPU KV block is 128 tokens, so keep_rate 0.9 (130 kept)
+    lets the image fill one."""
+
+    def prefix_hits() -> float:
+        text = httpx.get(f"{server.base_url}/metrics").text
+        return sum(float(v) for v in re.findall(r"^vllm:prefix_cache_hits_total\{[^}]*\} (\S+)$", text, re.M))
+
+    def ask(question, **knobs):
+        body = chat_body(model, 29, question, keep_rate=0.9, **knobs)
+        image, text = body["messages"][0]["content"]
+        body["messages"] = [{"role": "user", "content": [image]}, {"role": "user", "content": [text]}]
+        before = prefix_hits()
+        response = post(server, body)
+        assert response.status_code == 200 and response.json()["usage"]["visual_tokens_kept"] == num_kept(N, 0.9)
+        return prefix_hits() - before
+
+    hits = [ask(question, query_scope="first") for question in ("What is it?", "Where is the circle?", "Which colour?")]
+    image_turn = ask("Is it round?")
+    assert hits == [0, 128, 128] and image_turn == 0
+
+
 def test_responses_endpoint_takes_the_knobs_and_reports_counts(server, model):
     content = [{"type": "input_image", "image_url": image_url(17)}, {"type": "input_text", "text": "What is it?"}]
     body = {"model": model, "input": [{"role": "user", "content": content}], "max_output_tokens": 2}

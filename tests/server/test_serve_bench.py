@@ -96,6 +96,13 @@ def test_serve_bench_chat_workloads_smallest_run(tmp_path):
     assert median(same["zspa (encoder cache on)"], "encoder_runs_per_image") == 1
     assert median(same["previous release: no encoder cache"], "encoder_runs_per_image") == questions
     assert median(same["stock vLLM"], "encoder_runs_per_image") == 1
+    # later questions reuse the image's KV where its identity does not depend on the
+    # question (query_scope first, divprune), and only there
+    fresh = median(same["zspa (encoder cache on)"], "cached_tokens_later")
+    assert median(same["zspa core_ratio 0"], "cached_tokens_later") == fresh
+    for setting in ("zspa query_scope first", "zspa divprune"):
+        assert median(same[setting], "encoder_runs_per_image") == 1
+        assert median(same[setting], "cached_tokens_later") >= fresh + 96  # the 144 kept tokens' full blocks
     table = (tmp_path / "smoke_chat.md").read_text()
     assert "### Multi-turn chat" in table and "| llava-1.5 | zspa last_turn |" in table
     assert (tmp_path / "smoke_chat.png").read_bytes()[:4] == b"\x89PNG"

@@ -75,6 +75,19 @@ def test_cells_layout():
         Cell("divprune", 0.5, None), Cell("divprune", 0.1, None),
     }
     assert Cell("zspa", 0.25, 0.2).key == "zspa(keep=0.25,core=0.2)"
+    second = cells([0.5], [0.2], ["zspa", "random"], asked_second=True)
+    assert second == [UNPRUNED, Cell("random", 0.5, None), Cell("zspa", 0.5, 0.2), Cell("zspa", 0.5, 0.2, asked_second=True)]
+    assert second[-1].key == "zspa(keep=0.5,core=0.2,first,asked second)"
+    assert second[-1].knobs() == {"prune_method": "zspa", "keep_rate": 0.5, "query_scope": "first", "core_ratio": 0.2}
+
+
+def test_each_row_is_asked_another_rows_question_first():
+    from zspa_eval.dataset import Row
+    from zspa_eval.sweep import first_questions
+
+    rows = [Row(str(i), "data:,", q, "a", "short") for i, q in enumerate(["A?", "A?", "B?", "C?"])]
+    assert first_questions(rows) == {"0": "B?", "1": "B?", "2": "C?", "3": "A?"}
+    assert first_questions(rows[:2]) == {"0": None, "1": None}  # no other question: the sweep reports an error
     with pytest.raises(ValueError, match="keep_rate"):
         cells([0.0], [0.2], ["zspa"])
 

@@ -23,6 +23,7 @@ def test_query_scope_parses_and_overrides_defaults():
     defaults = PruneParams(0.5, query_scope="last_turn")
     assert parse_knobs({"keep_rate": 0.25}, defaults).query_scope == "last_turn"
     assert parse_knobs({"query_scope": "image_turn"}, defaults).query_scope == "image_turn"
+    assert parse_knobs({"query_scope": "FIRST"}, defaults).query_scope == "first"
 
 
 @pytest.mark.parametrize("spelling", [0.25, "0.25", 0.250, " 0.25 ", "2.5e-1", 0.2500000000001])
@@ -74,10 +75,10 @@ def test_values_override_defaults():
         ({"core_ratio": -0.01}, "core_ratio must be in [0, 1], got -0.01"),
         ({"core_ratio": 2}, "core_ratio must be in [0, 1], got 2"),
         ({"core_ratio": {}}, "core_ratio must be a number, got {}"),
-        ({"prune_method": "random"}, "prune_method must be one of ['zspa', 'relevance', 'divprune', 'none'], got 'random'"),
+        ({"prune_method": "rand"}, "prune_method must be one of ['zspa', 'relevance', 'divprune', 'random', 'none'], got 'rand'"),
         ({"prune_method": 3}, "prune_method must be one of"),
-        ({"query_scope": "all"}, "query_scope must be one of ['image_turn', 'last_turn'], got 'all'"),
-        ({"query_scope": 1}, "query_scope must be one of ['image_turn', 'last_turn'], got 1"),
+        ({"query_scope": "all"}, "query_scope must be one of ['image_turn', 'last_turn', 'first'], got 'all'"),
+        ({"query_scope": 1}, "query_scope must be one of ['image_turn', 'last_turn', 'first'], got 1"),
     ],
 )
 def test_bad_values_name_field_and_value(values, message):

@@ -32,8 +32,10 @@ def test_each_image_has_its_own_selection_key():
 
 def test_selection_key_leaves_out_what_the_method_ignores():
     # divprune ignores the question and core_ratio; relevance ignores core_ratio
-    div = plan(prune_method="divprune")
-    assert div.selection_key("image", 0) == div.selection_key("image", 1) == plan(prune_method="divprune", core_ratio=0.9).selection_key("image", 0)
+    for method in ("divprune", "random"):
+        free = plan(prune_method=method)
+        assert free.selection_key("image", 0) == free.selection_key("image", 1) == plan(prune_method=method, core_ratio=0.9).selection_key("image", 0)
+    assert plan(prune_method="random").selection_key("image", 0) != plan(prune_method="divprune").selection_key("image", 0)
     rel = plan(prune_method="relevance")
     assert rel.selection_key("image", 0) == plan(prune_method="relevance", core_ratio=0.9).selection_key("image", 0)
     assert rel.selection_key("image", 0) != rel.selection_key("image", 1)
@@ -70,6 +72,7 @@ def test_queries_must_match_images():
         ("zspa", 576, 0.1, 0.0, (58, 0)),
         ("relevance", 576, 0.1, 0.2, (58, 58)),
         ("divprune", 576, 0.1, 0.9, (58, 0)),
+        ("random", 576, 0.1, 0.9, (58, 0)),
         ("zspa", 1, 0.1, 0.5, (1, 1)),
     ],
 )

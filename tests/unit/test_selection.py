@@ -15,6 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from zspa_vllm.core import selection
 from zspa_vllm.core.selection import METHODS, num_kept, select_tokens, selection_order
 
+# the methods that score the rows (the reference implements them; "random" is tested alone, at the end)
+SCORED = tuple(m for m in METHODS if m != "random")
+
 from .reference_prune import reference_select
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -105,7 +108,7 @@ def pruning_cases(draw):
         query=query.to(dtype),
         num_keep=num_keep,
         core_ratio=core_ratio,
-        method=draw(st.sampled_from(METHODS)),
+        method=draw(st.sampled_from(SCORED)),
         pooling=draw(st.sampled_from(selection.POOLINGS)),
     )
 
@@ -133,7 +136,7 @@ def test_reference_is_not_vacuous():
     visual, query = torch.randn(30, 8, generator=gen), torch.randn(3, 8, generator=gen)
     results = {
         (method, ratio): tuple(reference_select(visual, query, 10, ratio, method))
-        for method in METHODS
+        for method in SCORED
         for ratio in (0.0, 0.5)
     }
     assert len(set(results.values())) >= 4
@@ -182,7 +185,7 @@ def test_core_size_rounds_half_up():
 def test_identical_tokens_tie_to_lowest_indices():
     visual = torch.ones(10, 4)
     query = torch.randn(2, 4)
-    for method in METHODS:
+    for method in SCORED:
         for ratio in (0.0, 0.5, 1.0):
             assert select_tokens(visual, query, 4, ratio, method=method).tolist() == [0, 1, 2, 3]
 
@@ -231,7 +234,7 @@ def test_dtypes_agree_with_float32_on_well_separated_input(dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     visual, query = _case(n=576, d=256)
-    for method in METHODS:
+    for method in SCORED:
         cpu = select_tokens(visual, query, 58, 0.2, method=method)
         gpu = select_tokens(visual.cuda().half(), query.cuda().half(), 58, 0.2, method=method)
         assert gpu.is_cuda
@@ -281,7 +284,7 @@ def test_prompt_word_tokens_form_the_core():
         (dict(core_ratio=1.01), "got 1.01"),
         (dict(core_ratio=float("nan")), "core_ratio must be finite, got nan"),
         (dict(core_ratio="0.2"), "core_ratio must be a real number"),
-        (dict(method="random"), "method must be one of .* got 'random'"),
+        (dict(method="rand"), "method must be one of .* got 'rand'"),
         (dict(pooling="median"), "pooling must be one of .* got 'median'"),
     ],
 )
@@ -441,3 +444,32 @@ def test_a_bad_core_count_is_named(num_core):
 
     with pytest.raises(ValueError, match=r"^num_core must be an int in \[0, num_keep=10\], got"):
         selection_order_with_core(torch.randn(20, 4), None, 10, num_core)
+
+
+# --------------------------------------------------------------------------- random
+def test_random_is_uniform_reproducible_by_seed_and_question_free():
+    """"random" keeps l distinct tokens drawn uniformly: the same for one seed whatever
+    the rows and the question, another set for another seed, each token about equally
+    often over seeds (UniPruneBench's baseline)."""
+    n, keep = 200, 20
+    visual, query = torch.randn(n, 16), torch.randn(3, 16)
+    kept = select_tokens(visual, query, keep, 0.2, method="random", seed=7)
+    assert kept.tolist() == sorted(set(kept.tolist())) and len(kept) == keep
+    assert torch.equal(select_tokens(torch.randn(n, 16), None, keep, 0.9, method="random", seed=7), kept)
+    assert not torch.equal(select_tokens(visual, query, keep, 0.2, method="random", seed=8), kept)
+    assert not torch.equal(kept, select_tokens(visual, query, keep, 0.2))  # not zspa's either
+    counts = torch.zeros(n)
+    for seed in range(2000):
+        counts[select_tokens(visual, query, keep, 0.2, method="random", seed=seed)] += 1
+    # each token: Binomial(2000, 0.1), mean 200, sd 13.4; 5.5 sd either side
+    assert 126 < counts.min() and counts.max() < 274 and counts.sum() == 2000 * keep
+    # a smaller budget keeps a subset of a larger one's tokens
+    assert set(select_tokens(visual, query, 5, 0.2, method="random", seed=7).tolist()) < set(kept.tolist())
+
+
+def test_random_seed_reads_the_content_key():
+    from zspa_vllm.core.selection import random_seed
+
+    key = bytes(range(32))
+    assert random_seed(key) == int.from_bytes(key[:8], "little") == random_seed(key[:8] + bytes(24))
+    assert random_seed(bytes(32)) != random_seed(bytes([1]) + bytes(31))

@@ -41,7 +41,7 @@ def test_bad_inputs_exit_2_naming_them(capsys, image, tmp_path):
         "not an image": [llava, "--image", str(text_file), *common],
         "keep_rate must be in (0, 1], got '1.5'": [llava, "--image", str(image), "--keep-rates", "0.5,1.5", *common],
         "core_ratio must be a number": [llava, "--image", str(image), "--core-ratio", "lots", *common],
-        "prune_method must be one of": [llava, "--image", str(image), "--prune-method", "random", *common],
+        "prune_method must be one of": [llava, "--image", str(image), "--prune-method", "rand", *common],
         "must end in .png": [llava, "--image", str(image), "--question", "q?", "--out", str(tmp_path / "k.jpg")],
         "give a MODEL or --demo": ["--image", str(image), *common],
         "cannot read its config": [str(tmp_path / "missing"), "--image", str(image), *common],

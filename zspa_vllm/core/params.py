@@ -26,8 +26,10 @@ KNOB_NAMES = (KEEP_RATE, CORE_RATIO, PRUNE_METHOD, QUERY_SCOPE)
 PRUNE_METHODS = (*SELECTION_METHODS, "none")
 # Which user text an image is ranked against (zspa_vllm/core/query.py): "image_turn", the
 # turn holding the image, keeps each image's selection (and so vLLM's caches) stable
-# across a conversation; "last_turn" re-selects every image for the newest question.
-QUERY_SCOPES = ("image_turn", "last_turn")
+# across a conversation; "last_turn" re-selects every image for the newest question;
+# "first", the text of the first request that pruned this image with these knobs, keeps
+# it stable across separate requests too (zspa_vllm/frontend/first_queries.py).
+QUERY_SCOPES = ("image_turn", "last_turn", "first")
 
 DEFAULT_KEEP_RATE = 1.0  # nothing set: no pruning
 DEFAULT_CORE_RATIO = 0.2  # the paper's guidance for scene / hallucination questions

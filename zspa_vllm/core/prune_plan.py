@@ -21,6 +21,9 @@ from zspa_vllm.core.params import PruneParams
 from zspa_vllm.core.selection import num_kept
 
 Queries = tuple[tuple[int, ...], ...]
+# methods whose selection ignores the question (and core_ratio): an image keeps one
+# identity, and its prefix cache, across questions
+QUESTION_FREE = ("divprune", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +70,19 @@ class PrunePlan:
         keep = num_kept(num_visual, self.params.keep_rate)
         if self.params.prune_method == "relevance":
             return keep, keep
-        if self.params.prune_method == "divprune":
+        if self.params.prune_method in QUESTION_FREE:
             return keep, 0
         return keep, math.floor(self.params.core_ratio * keep + 0.5)
 
     def selection_key(self, modality: str, item: int) -> str:
         """What decides an item's selection besides its pixels: its knobs and query,
-        minus what its method ignores (divprune: the query and core_ratio; relevance:
-        core_ratio), so equal selections share one cache entry."""
+        minus what its method ignores (divprune, random: the query and core_ratio;
+        relevance: core_ratio), so equal selections share one cache entry."""
         p = self.params
         key: list = [p.prune_method, p.keep_rate]
         if p.prune_method == "zspa":
             key.append(p.core_ratio)
-        if p.prune_method != "divprune":
+        if p.prune_method not in QUESTION_FREE:
             key.append(list(self.queries[modality][item]))
         return json.dumps(key, separators=(",", ":"))
 

@@ -14,6 +14,11 @@ tokens: vLLM's prefix and encoder caches keep serving earlier turns.
 Rule ``last_turn``: every image is ranked against the last user turn (re-selected, and
 its caches lost, at every new turn).
 
+Rule ``first``: ``image_turn``'s query the first time an image is pruned with these knobs,
+remembered by the API server for every later request about that image
+(``zspa_vllm.frontend.first_queries``), so separate questions about one image keep its
+selection and its prefix cache.
+
 A prompt that matches no user turn (a raw completion prompt) ranks every image against
 its whole text, under either rule. A system prompt, role names and the assistant's
 turns are never part of a query.

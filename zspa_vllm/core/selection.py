@@ -12,7 +12,10 @@ Contract (README.md, "The selection core", has the long form):
 
 Methods: "zspa" (the above), "relevance" (k = l: the paper's All-in Task-Relevance
 baseline), "divprune" (DivPrune's prompt-agnostic max-min greedy, seeded with the token
-whose nearest neighbour is farthest). A query with no rows falls back to "divprune".
+whose nearest neighbour is farthest), "random" (l tokens uniformly at random, drawn from
+``seed``: the model seeds it from the item's content, so an image always keeps the same
+tokens at one budget; UniPruneBench, arXiv 2511.02650, found it beats several published
+methods). A query with no rows makes "zspa" and "relevance" fall back to "divprune".
 
 Numerics: similarities are float32 whatever the input dtype; cos with a zero vector is 0.
 Two similarities within TIE_TOL count as tied and the lower index wins, so exact
@@ -36,7 +39,8 @@ from numbers import Real
 
 import torch
 
-METHODS = ("zspa", "relevance", "divprune")
+# the model fields carry a method as its index here: append only
+METHODS = ("zspa", "relevance", "divprune", "random")
 POOLINGS = ("mean", "max")
 
 # Similarities closer than this are ties (broken towards the lower index).
@@ -49,6 +53,12 @@ _SEED_BLOCK_ELEMS = 1 << 24
 HOST_LOOP_DEVICES = ("cpu",)
 # Smallest candidate set of the CPU loop (rows); it starts at twice the picks left.
 _MIN_CANDIDATES = 64
+
+
+def random_seed(content_key: bytes) -> int:
+    """The "random" method's seed for an item: from its content key (32 bytes naming its
+    pixels, processor kwargs and model; never the question)."""
+    return int.from_bytes(content_key[:8], "little")
 
 
 def num_kept(n: int, keep_rate: float) -> int:
@@ -74,6 +84,7 @@ def select_tokens(
     method: str = "zspa",
     pooling: str = "mean",
     check_values: bool = True,
+    seed: int = 0,
 ) -> torch.LongTensor:
     """Indices (ascending, on ``visual``'s device) of the ``num_keep`` tokens to keep.
 
@@ -81,9 +92,10 @@ def select_tokens(
     query:  (m, d) embeddings of the prompt's query tokens; None or m = 0 means no query.
     check_values: refuse NaN / infinity in the inputs. That check is the selection's only
     wait for the device; ``check_values=False`` selects without ever synchronising.
+    seed: what "random" draws from (other methods ignore it).
     """
     order = selection_order(
-        visual, query, num_keep, core_ratio, method=method, pooling=pooling, check_values=check_values
+        visual, query, num_keep, core_ratio, method=method, pooling=pooling, check_values=check_values, seed=seed
     )
     return torch.sort(order).values
 
@@ -97,11 +109,12 @@ def selection_order(
     method: str = "zspa",
     pooling: str = "mean",
     check_values: bool = True,
+    seed: int = 0,
 ) -> torch.LongTensor:
     """Like ``select_tokens`` but in the order the tokens were chosen: the core (by
     descending relevance, ties by index), then each diversity pick in turn."""
     _check_inputs(visual, query, num_keep, core_ratio, method, pooling, check_values)
-    return _ordered(visual, query, num_keep, math.floor(core_ratio * num_keep + 0.5), method, pooling)
+    return _ordered(visual, query, num_keep, math.floor(core_ratio * num_keep + 0.5), method, pooling, seed)
 
 
 def selection_order_with_core(
@@ -113,23 +126,26 @@ def selection_order_with_core(
     method: str = "zspa",
     pooling: str = "mean",
     check_values: bool = True,
+    seed: int = 0,
 ) -> torch.LongTensor:
     """``selection_order`` with the core given as a count, ``floor(core_ratio * num_keep +
     0.5)`` (the model's form: the processor computed it per item)."""
     _check_inputs(visual, query, num_keep, 0.0, method, pooling, check_values)
     if isinstance(num_core, bool) or not isinstance(num_core, int) or not 0 <= num_core <= num_keep:
         raise ValueError(f"num_core must be an int in [0, num_keep={num_keep}], got {num_core!r}")
-    return _ordered(visual, query, num_keep, num_core, method, pooling)
+    return _ordered(visual, query, num_keep, num_core, method, pooling, seed)
 
 
-def _ordered(visual, query, num_keep: int, core_size: int, method: str, pooling: str) -> torch.LongTensor:
+def _ordered(visual, query, num_keep: int, core_size: int, method: str, pooling: str, seed: int = 0) -> torch.LongTensor:
+    if method == "random":  # drawn on the host: the same tokens on every device
+        order = torch.randperm(visual.shape[0], generator=torch.Generator().manual_seed(seed))[:num_keep]
+        return order.to(visual.device)
     unit = _unit_rows(visual)
     if query is None or query.shape[0] == 0:
         method = "divprune"
 
     if method == "divprune":
-        seed = _most_isolated(unit).reshape(1)
-        return _greedy_max_min(unit, seed, num_keep)
+        return _greedy_max_min(unit, _most_isolated(unit).reshape(1), num_keep)
 
     query = query.to(device=visual.device, dtype=torch.float32)
     pooled = query.mean(dim=0) if pooling == "mean" else query.amax(dim=0)

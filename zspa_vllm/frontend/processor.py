@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from zspa_vllm.frontend import request_counts
+from zspa_vllm.frontend import first_queries, request_counts
 from zspa_vllm.core.params import PruneParams, parse_knobs, split_knobs
 from zspa_vllm.core.prune_plan import PrunePlan
 from zspa_vllm.core.selection import METHODS
@@ -93,6 +93,7 @@ class PruningProcessorMixin:
                 )
                 for m, count in items.items()
             }
+            queries = first_queries.resolve(params, stock, queries)  # query_scope "first"
             plan = PrunePlan(
                 params, {m: tuple(h) for m, h in stock.items()}, {m: tuple(map(tuple, q)) for m, q in queries.items()}
             )

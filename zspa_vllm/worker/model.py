@@ -23,7 +23,7 @@ from zspa_vllm.worker import selection_log
 from zspa_vllm.worker import phase_timings
 from zspa_vllm.worker.encoder_cache import EncoderOutputCache, stats_file
 from zspa_vllm.core.fields import MODALITIES, field_names
-from zspa_vllm.core.selection import METHODS, selection_order_with_core
+from zspa_vllm.core.selection import METHODS, random_seed, selection_order_with_core
 from zspa_vllm import envs
 
 
@@ -156,15 +156,17 @@ class PruningModelMixin:
         num_keep = _per_item(fields["num_keep"], count)
         num_core = _per_item(fields["num_core"], count)
         methods = _per_item(fields["method"], count)
+        content_keys = _per_item(fields["content_key"], count)
         embed_tokens = self.get_language_model().embed_input_ids
         pruned = []
-        for visual, ids, keep, core, method in zip(embeddings, query_ids, num_keep, num_core, methods):
+        for visual, ids, keep, core, method, key in zip(embeddings, query_ids, num_keep, num_core, methods, content_keys):
             keep, core, method = int(keep), int(core), METHODS[int(method)]
+            seed = random_seed(bytes(key.tolist()))
             ids = torch.as_tensor(ids, dtype=torch.long, device=visual.device).reshape(-1)
             query = embed_tokens(ids) if ids.numel() else None
             # no value check: it is the selection's only wait for the device
             features = self._zspa_selection_features(visual)
-            order = selection_order_with_core(features, query, keep, core, method=method, check_values=False)
+            order = selection_order_with_core(features, query, keep, core, method=method, check_values=False, seed=seed)
             kept = torch.sort(order).values  # what select_tokens returns; the order tells core from diversity
             selection_log.record(selection_log.Selection(visual.shape[0], kept, ids, method, core, modality, order))
             pruned.append(self._zspa_kept_rows(visual, kept, modality, len(pruned)))

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from zspa_vllm import envs
+from zspa_vllm.core.prune_plan import QUESTION_FREE
 
 
 class Selection:
@@ -42,7 +43,7 @@ class Selection:
     def core(self) -> tuple[int, ...]:
         """The kept indices chosen for their relevance to the query (ascending); the rest
         of ``kept`` are diversity picks. Empty when the order was not recorded."""
-        if self._order is None or not self.query_ids or self.method == "divprune":
+        if self._order is None or not self.query_ids or self.method in QUESTION_FREE:
             return ()
         order = _ints(self._order)
         return tuple(sorted(order if self.method == "relevance" else order[: self.num_core]))
