@@ -1,9 +1,10 @@
 """``make demo``: start zspa-serve with the built-in demo model (a small LLaVA-1.5 trained
-only on synthetic scenes of coloured shapes), ask it held-out questions unpruned and at
-keep_rate 0.25 and 0.1, print the answers next to the expected ones, then draw with
-zspa-show which patches one of the questions kept.
+only on synthetic scenes of coloured shapes, with token dropout), ask it held-out
+questions unpruned and at keep_rate 0.25 and 0.1, print the answers next to the expected
+ones, tally each setting over more held-out questions, then draw with zspa-show which
+patches one of the questions kept.
 
-    python scripts/demo.py [--keep-running] [--questions 6] [--no-picture]
+    python scripts/demo.py [--keep-running] [--questions 6] [--tally 200] [--no-picture]
     python scripts/demo.py --server http://HOST:PORT [--api-key KEY]   # a running zspa-serve --demo
 """
 
@@ -15,10 +16,12 @@ import io
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from openai import OpenAI
 
+from zspa_eval.report import wilson
 from zspa_serve.launch import ServerProcess
 from zspa_demo.scenes import HELD_OUT_START, draw, example
 
@@ -43,6 +46,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep-running", action="store_true", help="leave the server running at the end")
     parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--tally", type=int, default=200, help="held-out questions each setting is scored on "
+                        "after the table (0: none)")
     parser.add_argument("--no-picture", action="store_true", help="skip the zspa-show picture")
     parser.add_argument("--server", help="ask this running zspa-serve --demo instead of starting one")
     parser.add_argument("--api-key", default="none", help="the --server's API key, if it has one")
@@ -61,7 +66,10 @@ def main() -> int:
             seconds = server.wait_healthy(progress=lambda s: print(f"\r  waiting for /health: {s:4.0f} s", end="", flush=True))
             base_url = server.base_url
             print(f"\rserver healthy after {seconds:.0f} s at {base_url}          ")
-        shown = ask_all(OpenAI(base_url=f"{base_url}/v1", api_key=args.api_key), args.questions)
+        client = OpenAI(base_url=f"{base_url}/v1", api_key=args.api_key)
+        shown = ask_all(client, args.questions)
+        if args.tally:
+            tally(client, args.tally, first_seed=FIRST_SEED + args.questions)
         if server is not None and args.keep_running:
             print(f"server left running at {base_url} (pid {server.proc.pid})")
             return 0
@@ -102,6 +110,25 @@ def ask_all(client: OpenAI, questions: int):
     print(f"{'right':<41} " + " ".join(f"{f'{r} of {questions}':<{COLUMN}}" for r in right))
     print("\n(in brackets: visual tokens kept of 144 per image)")
     return shown
+
+
+def tally(client: OpenAI, count: int, first_seed: int) -> None:
+    """Each setting's share right on ``count`` more held-out questions, with its 95%
+    interval (Wilson), asked 8 at a time."""
+    model = client.models.list().data[0].id
+    examples = [example(seed) for seed in range(first_seed, first_seed + count)]
+    urls = [data_url(draw(scene)) for scene, *_ in examples]
+
+    def right(job) -> bool:
+        (_, question, answer, _), url, knobs = job
+        return ask(client, model, url, question, **knobs).choices[0].message.content.strip() == answer
+
+    print(f"\nscored on {count} more held-out questions (95% interval):")
+    with ThreadPoolExecutor(8) as pool:
+        for name, knobs in SETTINGS:
+            hits = sum(pool.map(right, [(e, url, knobs) for e, url in zip(examples, urls)]))
+            low, high = wilson(hits, count)
+            print(f"  {name:<10} {hits:>4} of {count}  {100 * hits / count:5.1f}%  ({100 * low:.1f}-{100 * high:.1f})")
 
 
 def picture(image, question: str, workdir: Path) -> int:

@@ -23,9 +23,9 @@ from zspa_demo.scenes import write_eval_set  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=500, help="held-out questions (the first seeds above training's)")
-    p.add_argument("--keep-rates", default="0.25,0.1,0.05")
-    p.add_argument("--core-ratios", default="0,0.2,1")
-    p.add_argument("--methods", default="zspa,relevance,divprune")
+    p.add_argument("--keep-rates", default="0.5,0.25,0.1,0.05")
+    p.add_argument("--core-ratios", default="0,0.2,0.4,1")
+    p.add_argument("--methods", default="zspa,relevance,divprune,random")
     p.add_argument("--asked-second", action="store_true", help="zspa-eval --asked-second: each zspa setting also "
                    "under query_scope first, asked after another question about its image")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/demo_accuracy")

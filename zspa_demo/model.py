@@ -1,5 +1,6 @@
 """The built-in demo model: a small LLaVA-1.5-architecture model trained only on
-synthetic scenes of coloured shapes (``scripts/train_demo_model.py``), served on CPU.
+synthetic scenes of coloured shapes, with token dropout so that it still answers when
+visual tokens are pruned (``scripts/train_demo_model.py``), served on CPU.
 
 It answers questions like "Is there a red circle?", "What colour is the square?" and
 "How many triangles are there?" about such scenes (``zspa_demo/scenes.py``), and nothing
@@ -12,10 +13,10 @@ import logging
 import os
 from importlib.resources import files
 
-SERVED_NAME = "zspa-demo-llava-synthetic-shapes"
+SERVED_NAME = "zspa-demo-llava-shapes-token-dropout"
 BANNER = (
-    "DEMO MODEL: a small LLaVA-1.5 trained ONLY on synthetic scenes of coloured shapes (served "
-    "as %r). It answers questions about such scenes (zspa_demo/scenes.py) and knows nothing else."
+    "DEMO MODEL: a small LLaVA-1.5 trained ONLY on synthetic scenes of coloured shapes, with token "
+    "dropout (served as %r). It answers questions about such scenes (zspa_demo/scenes.py) and knows nothing else."
 )
 logger = logging.getLogger("zspa-serve")
 

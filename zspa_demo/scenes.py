@@ -132,8 +132,9 @@ def write_eval_set(folder: Path, count: int, first_seed: int = HELD_OUT_START) -
     for seed in range(first_seed, first_seed + count):
         scene, question, answer, answer_type = example(seed)
         draw(scene).save(folder / f"{seed}.png")
+        category = {"Is": "exists", "What": "colour", "How": "count"}[question.split()[0]]
         lines.append(json.dumps({"id": str(seed), "image": f"{seed}.png", "question": question,
-                                 "answer": answer, "type": answer_type}))
+                                 "answer": answer, "type": answer_type, "category": category}))
     path = folder / "shapes.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -3,7 +3,8 @@
 Each row: ``image`` (a path relative to the JSONL file or absolute, an http(s) URL, a
 ``data:`` URL or bare base64) or ``video`` (a path to a video file, an http(s) URL or a
 ``data:`` URL), ``question``, ``answer`` and ``type`` (``yesno``, ``mc`` or ``short``); an
-optional ``id`` (default: the row number). For ``mc`` rows the question should list the
+optional ``id`` (default: the row number) and ``category`` (any label; the report gives
+each category's accuracy). For ``mc`` rows the question should list the
 options and the answer is the option letter.
 """
 
@@ -27,6 +28,7 @@ class Row:
     answer: str
     type: str
     media: str = "image"  # or "video"
+    category: str = ""  # optional label the report splits accuracy by
 
 
 def load_rows(source: str, *, split: str = "test", limit: int | None = None) -> list[Row]:
@@ -70,6 +72,7 @@ def _row(record: dict, index: int, base: Path | None, source: str) -> Row:
         answer=str(record["answer"]),
         type=record["type"],
         media=kind,
+        category=str(record.get("category") or ""),
     )
 
 

@@ -6,6 +6,7 @@ unpruned run. Table 2 style: ZSPAPrune's accuracy, core_ratio x keep_rate."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def summarize(records: list[dict]) -> list[dict]:
     for key, rows in by_cell.items():
         answered = [r for r in rows if r.get("error") is None]
         summary = {"cell": key, **rows[0]["knobs"], "rows": len(rows), "errors": len(rows) - len(answered),
-                   "accuracy": _accuracy(answered)}
+                   "accuracy": _accuracy(answered), "accuracy_95": _wilson(answered)}
+        categories = sorted({r.get("category") or "" for r in answered} - {""})
+        summary["accuracy_by_category"] = {c: _accuracy([r for r in answered if r.get("category") == c]) for c in categories}
         for answer_type in ANSWER_TYPES:
             summary[f"accuracy_{answer_type}"] = _accuracy([r for r in answered if r["type"] == answer_type])
         yes_no = [r for r in answered if r["type"] == "yesno"]
@@ -47,19 +50,35 @@ def _accuracy(records: list[dict]) -> float | None:
     return sum(r["correct"] for r in records) / len(records) if records else None
 
 
+def wilson(hits: int, count: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of ``hits`` out of ``count`` (sound at 0 and all)."""
+    share = hits / count
+    centre = (share + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * math.sqrt(share * (1 - share) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _wilson(records: list[dict]) -> list[float] | None:
+    return list(wilson(sum(r["correct"] for r in records), len(records))) if records else None
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
 def markdown(summaries: list[dict]) -> str:
     types = [t for t in ANSWER_TYPES if any(s[f"accuracy_{t}"] is not None for s in summaries)]
-    header = ["setting", "visual tokens kept", *[f"acc {t}" for t in types], "POPE P", "POPE R", "POPE F1",
-              "accuracy", "vs unpruned", "errors"]
+    categories = sorted({c for s in summaries for c in s.get("accuracy_by_category", {})})
+    header = ["setting", "visual tokens kept", *[f"acc {t}" for t in types], *[f"acc {c}" for c in categories],
+              "POPE P", "POPE R", "POPE F1", "accuracy", "95% interval", "vs unpruned", "errors"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
         kept = "-" if s["mean_visual_tokens_kept"] is None else f"{s['mean_visual_tokens_kept']:.0f}"
-        cells = [s["cell"], kept, *[_pct(s[f"accuracy_{t}"]) for t in types], _pct(s.get("pope_precision")),
+        interval = s.get("accuracy_95")
+        cells = [s["cell"], kept, *[_pct(s[f"accuracy_{t}"]) for t in types],
+                 *[_pct(s.get("accuracy_by_category", {}).get(c)) for c in categories], _pct(s.get("pope_precision")),
                  _pct(s.get("pope_recall")), _pct(s.get("pope_f1")), _pct(s["accuracy"]),
+                 "-" if interval is None else f"{_pct(interval[0])}-{_pct(interval[1])}",
                  _pct(s["relative_accuracy"]) + ("%" if s["relative_accuracy"] is not None else ""), str(s["errors"])]
         lines.append("| " + " | ".join(cells) + " |")
     text = "### Accuracy per setting (percent)\n\n" + "\n".join(lines) + "\n"

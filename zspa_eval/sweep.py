@@ -139,7 +139,8 @@ async def _run(endpoint: Endpoint, todo: list[tuple[Cell, Row]], results: Path, 
 async def _ask(client: httpx.AsyncClient, endpoint: Endpoint, cell: Cell, row: Row, first: str | None = None) -> dict:
     """The row's answer under ``cell``; for a cell asked second, after asking ``first``
     about the same image (the server then keeps that question's selection)."""
-    record = {"cell": cell.key, "knobs": asdict(cell), "id": row.id, "type": row.type, "answer": row.answer}
+    record = {"cell": cell.key, "knobs": asdict(cell), "id": row.id, "type": row.type, "category": row.category,
+              "answer": row.answer}
     try:
         if cell.asked_second:
             if first is None:

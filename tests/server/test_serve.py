@@ -33,7 +33,7 @@ def text_tokens(server, model) -> int:
 
 
 def test_models_endpoint_labels_the_demo(server, model):
-    assert model == "zspa-demo-llava-synthetic-shapes"
+    assert model == "zspa-demo-llava-shapes-token-dropout"
     assert "trained ONLY on synthetic scenes of coloured shapes" in server.log_tail(10**6)
 
 

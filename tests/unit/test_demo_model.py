@@ -113,10 +113,11 @@ def test_the_committed_demo_model_says_what_it_is():
 def test_the_training_script_runs_a_few_steps_deterministically(tmp_path):
     def train(out: Path) -> bytes:
         command = [sys.executable, str(REPO / "scripts/train_demo_model.py"), "--tower-steps", "2", "--tower-batch", "2",
-                   "--steps", "3", "--batch", "2", "--eval", "2", "--out", str(out)]
+                   "--steps", "3", "--batch", "2", "--dropout-steps", "3", "--eval", "2", "--out", str(out)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=280)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "tower step 2/2 loss" in done.stdout and "answers step 3/3 loss" in done.stdout
+        assert "dropout step 3/3 loss" in done.stdout
         assert "patch heads, held-out: colour" in done.stdout and "held-out accuracy (2 examples" in done.stdout
         return (out / "model.safetensors").read_bytes()
 
@@ -125,4 +126,50 @@ def test_the_training_script_runs_a_few_steps_deterministically(tmp_path):
     written = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert written == sorted(p.name for p in DEMO.iterdir())
     info = json.loads((tmp_path / "a/demo_model.json").read_text())
-    assert (info["tower_steps"], info["steps"]) == (2, 3)
+    assert (info["tower_steps"], info["steps"], info["token_dropout"]["steps"]) == (2, 3, 3)
+
+
+def test_token_dropout_keeps_random_subsets_in_order_and_all_tokens_is_the_plain_loss():
+    """Stage 3's subsets: ascending, every size from the minimum keep rate up, all 144 a
+    quarter of the time, each token about equally often; and the loss on all tokens is
+    the one transformers computes from the image (the placeholder run filled in order)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    import scripts.train_demo_model as training
+    from zspa_vllm.core.selection import num_kept
+
+    generator = torch.Generator().manual_seed(0)
+    subsets = [training.visual_subset(generator, 144) for _ in range(2000)]
+    assert all(s == sorted(set(s)) and num_kept(144, training.MIN_KEEP_RATE) <= len(s) <= 144 for s in subsets)
+    full = sum(len(s) == 144 for s in subsets) / len(subsets)
+    assert abs(full - training.FULL_SHARE) < 0.04
+    counts = torch.zeros(144)
+    for s in subsets:
+        counts[s] += 1
+    assert counts.max() / counts.min() < 1.3  # no position favoured
+    assert min(map(len, subsets)) < 25 and len({len(s) for s in subsets}) > 100
+
+    tokenizer = AutoTokenizer.from_pretrained(training.BASE)
+    tokenizer.chat_template = training.CHAT_TEMPLATE
+    config = json.loads((training.BASE / "config.json").read_text())
+    model = training.build_model()
+    batcher = training.Batcher(tokenizer, config["image_token_index"], model.config.image_seq_length,
+                               tokenizer.eos_token_id, config["pad_token_id"])
+    seeds = [1, 2, 3]
+    ids, mask, target, images = batcher.batch(seeds)
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask, pixel_values=images, labels=target).loss
+        ours = training.answer_loss(model, batcher, seeds, [list(range(144))] * 3)
+        dropped = training.answer_loss(model, batcher, seeds, [list(range(0, 144, 2))] * 3)
+    assert torch.allclose(ours, plain, rtol=0, atol=1e-6) and not torch.allclose(dropped, plain, rtol=0, atol=1e-4)
+
+
+def test_the_eval_set_labels_each_question_with_its_kind(tmp_path):
+    from zspa_eval.dataset import load_rows
+
+    rows = load_rows(str(scenes.write_eval_set(tmp_path, 30)))
+    assert len(rows) == 30 and {r.category for r in rows} == {"exists", "colour", "count"}
+    for row in rows:
+        first = {"exists": "Is", "colour": "What", "count": "How"}[row.category]
+        assert row.question.startswith(first + " ") and (row.type == "yesno") == (row.category == "exists")

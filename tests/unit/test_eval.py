@@ -114,6 +114,20 @@ def test_summaries_relative_to_unpruned_and_errors_apart():
     assert "| 0.2 | 100.0 |" in text  # the core_ratio x keep_rate grid
 
 
+def test_wilson_intervals_and_categories():
+    cell = Cell("zspa", 0.25, 0.2)
+    records = [{**_record(cell, i, "short", i < 8), "category": "colour" if i < 5 else "count"} for i in range(10)]
+    (summary,) = summarize(records)
+    assert summary["accuracy_95"] == pytest.approx([0.4902, 0.9433], abs=1e-4)  # 8 of 10, by hand
+    assert summary["accuracy_by_category"] == {"colour": 1.0, "count": 0.6}
+    (perfect,) = summarize(records[:4])
+    assert perfect["accuracy_95"] == pytest.approx([0.5101, 1.0], abs=1e-4)  # 4 of 4: not [1, 1]
+    text = markdown([summary])
+    assert "| acc colour | acc count |" in text and "| 100.0 | 60.0 |" in text and "| 80.0 | 49.0-94.3 |" in text
+    # records without categories (older results files) add no columns
+    assert "acc colour" not in markdown(summarize([{k: v for k, v in r.items() if k != "category"} for r in records]))
+
+
 SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "eval" / "synthetic.jsonl"
 
 
