@@ -32,13 +32,7 @@ def _flag(name: str, raw: str) -> bool:
 
 
 def _mib(name: str, raw: str) -> int:
-    try:
-        mib = int(raw)
-    except ValueError:
-        mib = -1
-    if mib < 0:
-        raise ValueError(f"{name} must be a whole number of MiB >= 0, got {raw!r}")
-    return mib
+    return _count(name, raw, " of MiB")
 
 
 def _positive_bytes(name: str, raw: str) -> int:
@@ -51,13 +45,13 @@ def _positive_bytes(name: str, raw: str) -> int:
     return size
 
 
-def _count(name: str, raw: str) -> int:
+def _count(name: str, raw: str, unit: str = "") -> int:
     try:
         count = int(raw)
     except ValueError:
         count = -1
     if count < 0:
-        raise ValueError(f"{name} must be a whole number >= 0, got {raw!r}")
+        raise ValueError(f"{name} must be a whole number{unit} >= 0, got {raw!r}")
     return count
 
 

@@ -161,7 +161,7 @@ class PruningModelMixin:
         pruned = []
         for visual, ids, keep, core, method, key in zip(embeddings, query_ids, num_keep, num_core, methods, content_keys):
             keep, core, method = int(keep), int(core), METHODS[int(method)]
-            seed = random_seed(bytes(key.tolist()))
+            seed = random_seed(bytes(key.tolist())) if method == "random" else 0  # the others ignore it
             ids = torch.as_tensor(ids, dtype=torch.long, device=visual.device).reshape(-1)
             query = embed_tokens(ids) if ids.numel() else None
             # no value check: it is the selection's only wait for the device
