@@ -1,6 +1,6 @@
 """The one-run families' checks that need an engine of their own settings (the shared
-battery is test_one_run_families.py): server-wide knob defaults, many images in flight
-against the scheduler's encoder budget, and zspa-show on an any-resolution image."""
+battery is test_one_run_families.py): server-wide knob defaults, and many images in
+flight against the scheduler's encoder budget."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from tests.engine import harness
 from tests.engine.harness import fixture_path, model_class_of, sampling, visual_tokens
 from tests.engine.stock_reference import request_messages
-from tests.fixtures.images import make_image
 from zspa_vllm.core.selection import num_kept
 from zspa_vllm.worker import selection_log
 
@@ -59,10 +58,3 @@ def test_many_images_in_flight_do_not_over_pack_the_encoder(zspa_engines, family
             assert [o.prompt_token_ids.count(token) for o in outs] == [num_kept(n, 0.1)] * count
 
         harness.check_encoder_steps_fit_the_budget(family, llm, run, count, n)
-
-
-def test_zspa_show_draws_the_engines_selection_on_overview_and_grid(zspa_engines, tmp_path, monkeypatch):
-    from tests.engine.show_check import check_show
-
-    llm, _ = zspa_engines("llava-next")
-    check_show(llm, "llava-next", make_image(500, 300, 4242), "How many red circles are there in the top left corner?", tmp_path, monkeypatch)

@@ -366,6 +366,15 @@ def test_chunked_and_uncached_answer_what_cached_unchunked_does(family, engine, 
         assert logprobs_max_diff(other, out, steps=3) <= 1e-4
 
 
+def test_zspa_show_draws_the_engines_selection(family, engine, tmp_path, monkeypatch):
+    """zspa-show's picture of this family's layout (LLaVA-NeXT/OneVision: overview and
+    unpadded grid; InternVL: 3 x 4 tiles and the thumbnail) lights exactly the kept tokens."""
+    from tests.engine.show_check import check_show
+
+    image = make_image(*fresh(*SPECS[family].sizes[1]))
+    check_show(engine, family, image, OTHER_QUESTION, tmp_path, monkeypatch)
+
+
 # --------------------------------------------------------------------------- (f) not one run
 def test_gemma3_pan_and_scan_is_refused_when_pruning_and_served_when_not(zspa_engines):
     """Pan-and-scan makes an image several runs (the original, then each crop with text

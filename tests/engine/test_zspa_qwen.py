@@ -530,6 +530,18 @@ def test_video_token_counts(engines, with_image):
     print(f"[{engines.family}] video {VIDEO_FRAMES}x{VIDEO_SIZE}: n={n} l={keep}, runs {steps} -> {runs}; selections {selections}")
 
 
+def test_zspa_show_draws_a_videos_selection_frame_by_frame(engines, tmp_path, monkeypatch):
+    """zspa-show on a video: one view per grid step (two frames), each lit exactly where
+    the engine kept that step's tokens."""
+    from PIL import Image
+
+    from tests.engine.show_check import check_show
+    from zspa_demo import show
+
+    frames = [Image.fromarray(frame) for frame in fresh_video()]
+    check_show(engines.get("main"), engines.family, show.Video(frames, FPS), OTHER_QUESTION, tmp_path, monkeypatch)
+
+
 def test_video_kept_indices_are_select_tokens(engines):
     """Across frames: select_tokens on vLLM's own (unpruned) video embeddings."""
     from transformers import AutoProcessor
