@@ -8,6 +8,8 @@ every scrape.
 
 from __future__ import annotations
 
+import os
+import re
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -69,9 +71,25 @@ class WorkerStatsCollector:
 _collector: WorkerStatsCollector | None = None
 
 
-def register_worker_stats_collector() -> None:
-    """Once per process (re-entrant)."""
+def register_worker_stats_collector(app) -> None:
+    """The workers' series beside vLLM's on ``app``'s /metrics (re-entrant). One API server:
+    vLLM serves the default registry, so ours joins it. Several (``--api-server-count``,
+    data parallelism): vLLM serves a registry that reads every process's multiprocess
+    files and nothing else, so a /metrics route of ours, ahead of vLLM's, serves that same
+    registry with our collector added."""
     global _collector
     if _collector is None:
         _collector = WorkerStatsCollector()
-        REGISTRY.register(_collector)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None:
+        if _collector not in REGISTRY._collector_to_names:
+            REGISTRY.register(_collector)
+        return
+    from prometheus_client import make_asgi_app
+    from starlette.routing import Mount
+    from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+    registry = get_prometheus_registry()  # a new registry over the multiprocess files, as vLLM's
+    registry.register(_collector)
+    route = Mount("/metrics", make_asgi_app(registry=registry))
+    route.path_regex = re.compile("^/metrics(?P<path>.*)$")  # as vLLM's: /metrics without a redirect
+    app.router.routes.insert(0, route)

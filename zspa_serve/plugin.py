@@ -50,7 +50,7 @@ class ZspaEndpointPlugin:
 
         media.install()  # the media connector zspa-serve names, in this (API-server) process
         app.add_middleware(ZspaMiddleware)
-        register_worker_stats_collector()
+        register_worker_stats_collector(app)
 
     async def init_state(self, engine_client, state, args) -> None:
         from zspa_vllm.vllm_versions import unsupported_reason

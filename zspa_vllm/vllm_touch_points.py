@@ -156,6 +156,13 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
          "vllm.models.qwen3_5:Qwen3_5ForConditionalGeneration.embed_input_ids", "vllm.models.qwen3_5:Qwen3_5ForConditionalGeneration.__init__"),
     ),
     TouchPoint(
+        "a worker's data-parallel engine", READ, "zspa_vllm/worker/model.py",
+        "the workers' counters are labelled per DP engine; a dense model's engines reset data_parallel_rank to 0, "
+        "the engine's index stays in data_parallel_index",
+        ("vllm.config.parallel:ParallelConfig", "vllm.config.parallel:ParallelConfig.reconfigure_for_independent_dp_rank"),
+        checked_by="tests/server/test_scale_out.py::test_metrics_count_every_api_server_and_engine",
+    ),
+    TouchPoint(
         "V1 runner: recompute positions for images", WRAPPED, "zspa_vllm/worker/runner_hooks.py",
         "vLLM recomputes M-RoPE positions only for EVS video pruning; the wrapper makes the runner do it for ours",
         ("vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings",),
@@ -184,6 +191,13 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
         "zspa-serve is vllm serve with our flags; the parser and env setup moved in 0.33 (vllm_versions.LOCATIONS)",
         ("vllm.entrypoints.launchers.cli_args:make_arg_parser", "vllm.entrypoints.serve.utils.api_utils:cli_env_setup",
          "vllm.entrypoints.common.cli_args:make_arg_parser", "vllm.entrypoints.common.startup:cli_env_setup"),
+    ),
+    TouchPoint(
+        "/metrics with several API servers", READ, "zspa_serve/metrics.py",
+        "with PROMETHEUS_MULTIPROC_DIR set (--api-server-count > 1, data parallelism) vLLM's /metrics serves a new "
+        "registry over the processes' multiprocess files only; ours, mounted ahead of it, adds the workers' series",
+        ("vllm.v1.metrics.prometheus:get_prometheus_registry", "vllm.entrypoints.serve.instrumentator.metrics:attach_router"),
+        checked_by="tests/server/test_scale_out.py::test_metrics_count_every_api_server_and_engine",
     ),
     TouchPoint(
         "media connector", REGISTERED, "zspa_serve/media.py",

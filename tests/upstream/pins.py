@@ -201,6 +201,18 @@ SNIPPETS["0.32"] = {
         "isinstance(exc, VLLMValidationError)",
         "status_code = HTTPStatus.BAD_REQUEST param = exc.parameter",
     ),
+    # a dense model's DP engines are independent: each resets data_parallel_rank to 0 (the
+    # rank stays in data_parallel_index, which zspa_vllm.worker.model reads)
+    "vllm.config.parallel:ParallelConfig.reconfigure_for_independent_dp_rank": ("self.data_parallel_rank = 0",),
+    # zspa_serve/metrics.py: with several API servers /metrics is a new registry over the
+    # multiprocess files, mounted as a route; ours goes ahead of it with the workers' series
+    "vllm.v1.metrics.prometheus:get_prometheus_registry": (
+        'if os.getenv("PROMETHEUS_MULTIPROC_DIR") is not None:',
+        "registry = CollectorRegistry() multiprocess.MultiProcessCollector(registry) return registry",
+    ),
+    "vllm.entrypoints.serve.instrumentator.metrics:attach_router": (
+        'metrics_route = Mount("/metrics", make_asgi_app(registry=registry))',
+    ),
 }
 SNIPPETS["0.33"] = {
     **SNIPPETS["0.32"],
@@ -268,7 +280,9 @@ FIELDS = {
 }
 # fields that must exist (zspa_vllm.worker.model sizes its vision-encoder groups by the first;
 # zspa_vllm.engine.encoder_budget reads the second)
-HAS_FIELDS = {"vllm.config.scheduler:SchedulerConfig": ["max_num_encoder_input_tokens", "enable_chunked_prefill"]}
+HAS_FIELDS = {"vllm.config.scheduler:SchedulerConfig": ["max_num_encoder_input_tokens", "enable_chunked_prefill"],
+              # zspa_vllm.worker.model labels a worker's counters with its engine's DP index
+              "vllm.config.parallel:ParallelConfig": ["data_parallel_index"]}
 
 
 def releases_to_check() -> list[tuple[str, str]]:

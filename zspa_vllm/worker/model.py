@@ -65,7 +65,8 @@ class PruningModelMixin:
         self._zspa_encoder_budget = vllm_config.scheduler_config.max_num_encoder_input_tokens
         from vllm.distributed import get_tensor_model_parallel_rank
 
-        ranks = (vllm_config.parallel_config.data_parallel_rank, get_tensor_model_parallel_rank())
+        # data_parallel_index: a dense model's DP engines each reset data_parallel_rank to 0
+        ranks = (vllm_config.parallel_config.data_parallel_index, get_tensor_model_parallel_rank())
         self._zspa_cache = EncoderOutputCache(envs.encoder_cache_bytes(), stats_file(*ranks))
         self._zspa_cache.publish()  # the counters exist (at zero) from the start
         self._zspa_timer = phase_timings.PhaseTimer(envs.get(envs.PHASE_TIMINGS), phase_timings.stats_file(*ranks))
