@@ -21,11 +21,13 @@ COPY zspa_eval ./zspa_eval
 COPY zspa_selfcheck ./zspa_selfcheck
 
 # vLLM, torch and the HTTP stack come with the base image: install ours without deps, as
-# a regular (not editable) package, and leave no build files behind.
+# a regular (not editable) package, and leave no build files behind. vLLM's router comes
+# too (`--entrypoint vllm-router`: replicas behind it, deploy/docker-compose.router.yml).
 # The base image's vLLM must be one we support: else the plugin would stand aside and the
 # image would serve unpruned.
 RUN python3 -m pip install --no-cache-dir --no-deps /opt/zspa-vllm \
     && python3 -c "from zspa_vllm.vllm_versions import check_vllm_version; check_vllm_version()" \
+    && python3 -m pip install --no-cache-dir vllm-router==0.1.17 \
     && rm -rf /opt/zspa-vllm/build /opt/zspa-vllm/*.egg-info \
     && useradd --no-log-init --create-home --uid 10001 zspa
 

@@ -79,13 +79,15 @@ def rows(keep_rate: float) -> tuple[list, list]:
 
 
 # --------------------------------------------------------------------------- requests
-async def stream_chat(client, body: dict, arrivals: list[float] | None = None) -> tuple[float, dict, list[int] | None, str]:
+async def stream_chat(client, body: dict, arrivals: list[float] | None = None,
+                      headers: dict | None = None) -> tuple[float, dict, list[int] | None, str]:
     """POST a streamed chat completion: (seconds to the first token, usage, the prompt's
     token ids if asked for with return_token_ids, the answer's text). ``arrivals``, if
-    given, gets the time (perf_counter) of every chunk that carries a generated token."""
+    given, gets the time (perf_counter) of every chunk that carries a generated token;
+    ``headers`` go with the request (a router's session header, say)."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     start, ttft, usage, prompt_ids, text = time.perf_counter(), None, None, None, []
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()}")
         async for line in response.aiter_lines():
@@ -107,10 +109,10 @@ async def stream_chat(client, body: dict, arrivals: list[float] | None = None) -
     return ttft, usage, prompt_ids, "".join(text)
 
 
-async def _turn(client, model, messages, knobs, max_tokens) -> dict:
+async def _turn(client, model, messages, knobs, max_tokens, headers: dict | None = None) -> dict:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "return_token_ids": True, **knobs}
-    ttft, usage, prompt_ids, answer = await stream_chat(client, body)
+    ttft, usage, prompt_ids, answer = await stream_chat(client, body, headers=headers)
     details = usage.get("prompt_tokens_details") or {}
     if details.get("cached_tokens") is None:  # a missing count is not "nothing cached"
         raise RuntimeError(f"the server reported no prompt_tokens_details.cached_tokens (start it with "
@@ -124,16 +126,19 @@ def _user(image_url: str | None, text: str) -> dict:
     return {"role": "user", "content": [*image, {"type": "text", "text": text}]}
 
 
-async def _conversations(client, model, image_urls, knobs, turns, max_tokens, image_token) -> list[list[dict]]:
+async def _conversations(client, model, image_urls, knobs, turns, max_tokens, image_token,
+                         headers: list[dict] | None = None) -> list[list[dict]]:
     """Conversations in lockstep: turn k is sent to all of them at once, after every
-    answer of turn k-1 arrived, so a turn's TTFT measures that turn's work only."""
+    answer of turn k-1 arrived, so a turn's TTFT measures that turn's work only.
+    ``headers``: per conversation, sent with each of its turns."""
+    headers = headers or [None] * len(image_urls)
     histories = [[_user(url, QUESTIONS[0])] for url in image_urls]
     results: list[list[dict]] = [[] for _ in image_urls]
     for k in range(turns):
         if k:
             for history, done in zip(histories, results):
                 history += [{"role": "assistant", "content": done[-1]["answer"]}, _user(None, QUESTIONS[k])]
-        answers = await asyncio.gather(*(_turn(client, model, h, knobs, max_tokens) for h in histories))
+        answers = await asyncio.gather(*(_turn(client, model, h, knobs, max_tokens, x) for h, x in zip(histories, headers)))
         for done, answer in zip(results, answers):
             done.append(answer)
     for turns_of_one in results:
@@ -145,11 +150,14 @@ async def _conversations(client, model, image_urls, knobs, turns, max_tokens, im
     return results
 
 
-async def _questions(client, model, image_urls, knobs, count, max_tokens) -> list[list[dict]]:
-    """Question q about every image at once, after all answers to question q-1."""
+async def _questions(client, model, image_urls, knobs, count, max_tokens, headers: list[dict] | None = None) -> list[list[dict]]:
+    """Question q about every image at once, after all answers to question q-1.
+    ``headers``: per image, sent with each question about it."""
+    headers = headers or [None] * len(image_urls)
     results: list[list[dict]] = [[] for _ in image_urls]
     for question in QUESTIONS[:count]:
-        answers = await asyncio.gather(*(_turn(client, model, [_user(url, question)], knobs, max_tokens) for url in image_urls))
+        answers = await asyncio.gather(*(_turn(client, model, [_user(url, question)], knobs, max_tokens, x)
+                                         for url, x in zip(image_urls, headers)))
         for done, answer in zip(results, answers):
             del answer["prompt_ids"], answer["answer"]
             done.append(answer)
@@ -227,9 +235,10 @@ def _computed(turns) -> int:
     return sum(t["prompt_tokens"] - t["cached_tokens"] for t in turns)
 
 
-async def _in_waves(base_url, image_urls, concurrency, wave) -> list:
-    """``wave(client, urls)`` over consecutive groups of ``concurrency`` images."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=3600) as client:
+async def _in_waves(base_url, image_urls, concurrency, wave, headers: dict | None = None) -> list:
+    """``wave(client, urls)`` over consecutive groups of ``concurrency`` images (``headers``
+    on every request: an API key, say)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=3600, headers=headers) as client:
         results = []
         for start in range(0, len(image_urls), concurrency):
             results += await wave(client, image_urls[start : start + concurrency])

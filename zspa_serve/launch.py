@@ -37,6 +37,7 @@ class ServerProcess:
             program = [sys.executable, "-c", "import sys; from zspa_serve.cli import run_vllm_serve; run_vllm_serve(sys.argv[1:])", "serve"]
         elif program is None:
             program = [shutil.which("zspa-serve", path=str(Path(sys.executable).parent)) or "zspa-serve"]
+        self.name = "stock vLLM" if stock else Path(program[0]).name
         command = [*program, *args, "--host", "127.0.0.1", "--port", str(self.port)]
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
@@ -48,7 +49,7 @@ class ServerProcess:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"zspa-serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/health", timeout=2) as response:
                     if response.status == 200:

@@ -45,7 +45,7 @@ def zspa_serve_accepts(args: list[str]):
 
 def test_there_is_something_to_check():
     assert [p.name for p in DOCKERFILES] == ["Dockerfile"]
-    assert [p.name for p in COMPOSE_FILES] == ["docker-compose.cpu.yml", "docker-compose.yml"]
+    assert [p.name for p in COMPOSE_FILES] == ["docker-compose.cpu.yml", "docker-compose.router.yml", "docker-compose.yml"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
@@ -103,9 +103,20 @@ def _env_example() -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
+def _replicas(config) -> dict[str, dict]:
+    """The services that run zspa-serve (the image's entrypoint), by name."""
+    return {name: s for name, s in config["services"].items() if s["image"].startswith("zspa-vllm") and "entrypoint" not in s}
+
+
 def test_compose_passes_zspa_serve_arguments_it_accepts(compose):
     path, config = compose
-    (service,) = config["services"].values()
+    replicas = _replicas(config)
+    assert len(replicas) == (2 if path.name == "docker-compose.router.yml" else 1)
+    for service in replicas.values():
+        _check_replica(path, service)
+
+
+def _check_replica(path: Path, service: dict) -> None:
     env = _env_example()
     args = zspa_serve_accepts(shlex.split(service["command"]))
     assert args.model_tag == env["MODEL"]
@@ -116,12 +127,42 @@ def test_compose_passes_zspa_serve_arguments_it_accepts(compose):
     assert service["healthcheck"]["test"][-1].count("/health") == 1
     assert service["restart"] == "unless-stopped"
     assert any(v.split(":")[1] == "/home/zspa/.cache/huggingface" for v in service["volumes"])  # the image's HF_HOME
-    if path.name == "docker-compose.yml":
+    if path.name in ("docker-compose.yml", "docker-compose.router.yml"):
         assert service["build"]["args"]["VLLM_VERSION"] == env["VLLM_VERSION"]
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     else:
         assert service["build"]["args"]["BASE_IMAGE"].endswith("vllm-cpu-release-repo:v0.32.0")
+
+
+def test_replicas_behind_the_router_and_prometheus_scraping_each():
+    """The router takes every replica (each on its own GPU) with vllm-router's own parser,
+    and Prometheus scrapes every replica and the router's metrics port."""
+    from vllm_router.launch_router import parse_router_args
+
+    path = REPO / "deploy" / "docker-compose.router.yml"
+    result = subprocess.run([tool("docker-compose"), "--env-file", str(ENV_EXAMPLE), "-f", str(path), "config"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    replicas = _replicas({"services": services})
+    gpus = [s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for s in replicas.values()]
+    assert sorted(gpus) == [["0"], ["1"]]
+    router = services["router"]
+    assert router["entrypoint"] == ["vllm-router"] and router["image"] == replicas["zspa-0"]["image"]
+    args = parse_router_args(shlex.split(router["command"]))
+    assert sorted(args.worker_urls) == sorted(f"http://{name}:8000" for name in replicas)
+    assert args.policy == _env_example()["ROUTER_POLICY"] == "consistent_hash"
+    assert set(router["depends_on"]) == set(replicas)
+    assert all(d["condition"] == "service_healthy" for d in router["depends_on"].values())
+    scrape = {job["job_name"]: job["static_configs"][0]["targets"]
+              for job in yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())["scrape_configs"]}
+    assert sorted(scrape["zspa"]) == sorted(f"{name}:8000" for name in replicas)
+    assert scrape["vllm-router"] == [f"router:{args.prometheus_port}"]
+    assert any(v.endswith(":/etc/prometheus/prometheus.yml:ro") for v in services["prometheus"]["volumes"])
+    # the image has the router, the version the tests and the benchmark ran
+    pinned = re.search(r"^vllm-router==(\S+)$", (REPO / "requirements" / "constraints.txt").read_text(), re.M).group(1)
+    assert f"vllm-router=={pinned} " in (REPO / "Dockerfile").read_text()
 
 
 def test_every_readme_deployment_command_is_a_checked_one():
