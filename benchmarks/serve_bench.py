@@ -510,7 +510,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def markdown_load(rows: list[dict], meta: dict) -> str:
     """The single-image workload at each concurrency, with where the time goes."""
     lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Workload: {meta['workload']}  ",
-             "Values: median (min-max) over the repeats. Per request: encoder and selection are timed in the "
+             "Values: median (min-max) over the repeats; ratios: of the medians (the range of the repeats' own "
+             "ratios, each repeat's settings having run in one round). Per request: encoder and selection are timed in the "
              "zspa-serve workers (`--phase-timings`; stock vLLM runs the same encoder on the same images, untimed); "
              "prefill and decode are vLLM's `request_prefill_time` (first scheduled to first token: it includes the "
              "encoder and the selection) and `request_decode_time`; encoder % = encoder / prefill; front-end = mean "
@@ -530,9 +531,16 @@ def markdown_load(rows: list[dict], meta: dict) -> str:
         ideal = by_key.get((r["family"], r["concurrency"], IDEAL))
 
         def ratio(metric, base):
+            """Median over median, and the range of the repeats' own ratios (the settings run
+            interleaved, so repeat i of each ran in the same round)."""
             if not base or metric not in r or metric not in base:
                 return "-"
-            return f"{r[metric]['median'] / base[metric]['median']:.2f}x"
+            text = f"{r[metric]['median'] / base[metric]['median']:.2f}x"
+            pairs = [(a.get(metric), b.get(metric)) for a, b in zip(r["runs"], base["runs"])]
+            if len(pairs) > 1 and len(r["runs"]) == len(base["runs"]) and all(a and b for a, b in pairs):
+                ratios = [a / b for a, b in pairs]
+                text += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+            return text
 
         share = "-"
         if r.get("encoder_ms") and r.get("prefill_ms") and r["setting"] != IDEAL:

@@ -297,6 +297,15 @@ def test_pruned_logprobs_equal_transformers_fed_the_kept_rows(family, engine, hf
         assert both_ways > DIFF_MIN
 
 
+def test_zspa_show_draws_the_engines_selection(family, engine, tmp_path, monkeypatch):
+    """zspa-show's picture of this family's layout (LLaVA-NeXT/OneVision: overview and
+    unpadded grid; InternVL: 3 x 4 tiles and the thumbnail) lights exactly the kept tokens."""
+    from tests.engine.show_check import check_show
+
+    image = make_image(*fresh(*SPECS[family].sizes[1]))
+    check_show(engine, family, image, OTHER_QUESTION, tmp_path, monkeypatch)  # before a test starts another engine
+
+
 def test_only_gemma3_asks_for_bidirectional_image_attention(family, engine):
     assert engine.llm_engine.vllm_config.model_config.is_mm_prefix_lm == SPECS[family].bidirectional
 
@@ -364,15 +373,6 @@ def test_chunked_and_uncached_answer_what_cached_unchunked_does(family, engine, 
         assert other.prompt_token_ids == out.prompt_token_ids
         assert other.outputs[0].token_ids == out.outputs[0].token_ids
         assert logprobs_max_diff(other, out, steps=3) <= 1e-4
-
-
-def test_zspa_show_draws_the_engines_selection(family, engine, tmp_path, monkeypatch):
-    """zspa-show's picture of this family's layout (LLaVA-NeXT/OneVision: overview and
-    unpadded grid; InternVL: 3 x 4 tiles and the thumbnail) lights exactly the kept tokens."""
-    from tests.engine.show_check import check_show
-
-    image = make_image(*fresh(*SPECS[family].sizes[1]))
-    check_show(engine, family, image, OTHER_QUESTION, tmp_path, monkeypatch)
 
 
 # --------------------------------------------------------------------------- (f) not one run
