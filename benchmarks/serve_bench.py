@@ -237,6 +237,7 @@ def _kv_tokens(log: str) -> int | None:
 
 # --------------------------------------------------------------------------- the benchmark
 IDEAL = "ideal: encoder(full image) + LLM(l(0.1) tokens)"
+UNTIMED = "zspa keep_rate=1, no --phase-timings"
 
 
 def embeds_part(family: str, width: int, rows: int, seed: int) -> dict:
@@ -266,10 +267,14 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
     env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     rows = [("stock vLLM", "stock", {})]
     rows += [(f"zspa keep_rate={r:g}", "zspa", {"keep_rate": r, "core_ratio": 0.2}) for r in KEEP_RATES]
+    kinds = [("stock", True, ["--enable-mm-embeds"]), ("zspa", False, ["--phase-timings"])]
+    if args.untimed:  # what the workers' own timing costs: the same server without it
+        rows.append((UNTIMED, "zspa-untimed", {"keep_rate": 1.0, "core_ratio": 0.2}))
+        kinds.append(("zspa-untimed", False, []))
     rows.append((IDEAL, "stock", {}))
     servers = {}
     try:
-        for kind, stock, extra in (("stock", True, ["--enable-mm-embeds"]), ("zspa", False, ["--phase-timings"])):
+        for kind, stock, extra in kinds:
             server = ServerProcess([model_path, "--served-model-name", name, *engine, *extra],
                                    workdir / f"{family}-{kind}.log", env=env, stock=stock)
             startup = server.wait_healthy(timeout=1200)
@@ -293,7 +298,7 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
                     parts = [image_part(s, IMAGE_SIZE) for s in range(seed, seed + count)]  # fresh: no cache hits
                 seed += count
                 result = asyncio.run(_workload(servers[kind].base_url, name, parts, QUESTION, knobs, c, args.max_tokens))
-                if knobs.get("keep_rate") == 1.0:
+                if kind == "zspa" and knobs.get("keep_rate") == 1.0:
                     encoder_ms = result["encoder_ms"]  # the full image's encoder time, this run
                 if label == IDEAL:  # the LLM on l rows was measured; the encoder on the full image is added
                     result = _with_encoder(result, encoder_ms)
@@ -655,6 +660,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1, help="runs per setting discarded first")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE (CPU KV cache, GiB)")
     p.add_argument("--engine-args", default="", help="more vllm serve options, one string")
+    p.add_argument("--untimed", action="store_true",
+                   help="single workload: also keep_rate 1 on a zspa-serve without --phase-timings (what the workers' "
+                        "timing of the encoder costs)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     p.add_argument("--name", default="serve_bench_cpu", help="output file stem (+ _chat / _video for those workloads)")
     p.add_argument("--workload", choices=("single", "chat", "video"), default="single",

@@ -29,12 +29,14 @@ def run_bench(tmp_path, *args: str, timeout: int = 1200, scale: str = "0") -> No
 
 
 def test_serve_bench_smallest_run(tmp_path):
-    """A proportional model at the smallest scale, two concurrencies, every setting and
-    the ideal row, with the phases recorded where they happen."""
-    run_bench(tmp_path, "--families", "llava-1.5", "--requests", "2", "--concurrency", "1,2", "--repeats", "1", scale="0.03")
+    """A proportional model at the smallest scale, two concurrencies, every setting,
+    keep_rate 1 on a server without --phase-timings (--untimed) and the ideal row, with
+    the phases recorded where they happen."""
+    run_bench(tmp_path, "--families", "llava-1.5", "--requests", "2", "--concurrency", "1,2", "--repeats", "1", "--untimed",
+              scale="0.03")
     data = json.loads((tmp_path / "smoke.json").read_text())
     settings = ["stock vLLM", "zspa keep_rate=1", "zspa keep_rate=0.5", "zspa keep_rate=0.25", "zspa keep_rate=0.1",
-                "ideal: encoder(full image) + LLM(l(0.1) tokens)"]
+                "zspa keep_rate=1, no --phase-timings", "ideal: encoder(full image) + LLM(l(0.1) tokens)"]
     assert [(row["concurrency"], row["setting"]) for row in data["rows"]] == [(c, s) for c in (1, 2) for s in settings]
     n = visual_tokens("llava-1.5", 1024, 768)
     for c in (1, 2):
@@ -52,6 +54,8 @@ def test_serve_bench_smallest_run(tmp_path):
         # unpruned: the encoder is timed, nothing is selected; stock vLLM times nothing
         assert rows["zspa keep_rate=1"]["encoder_ms"]["median"] > 0 and rows["zspa keep_rate=1"]["selection_ms"]["median"] == 0
         assert "encoder_ms" not in stock and "selection_ms" not in stock
+        untimed = rows["zspa keep_rate=1, no --phase-timings"]  # served whole, nothing timed in its workers
+        assert untimed["prompt_tokens"]["median"] == stock_prompt and "encoder_ms" not in untimed
         for row in rows.values():  # vLLM's own histograms, and one gap per request (2 tokens)
             assert row["prefill_ms"]["median"] > 0 and row["decode_ms"]["median"] > 0 and row["itl_p99_ms"]["median"] > 0
             # TTFT less vLLM's queue and prefill times: the front end's (it decodes the image)
