@@ -17,7 +17,7 @@ how many encoder inputs vLLM's scheduler sent to the model in each step (what st
 vLLM's vision encoder runs on). zspa-serve's model may still skip the vision encoder for
 such an input (its encoder-output cache): its vision-encoder runs are read from its
 ``/metrics`` (``zspa_encoder_cache_misses_total``). Stock vLLM exports no such count:
-its runs are counted in its engine process by ``stock_encoder_probe/sitecustomize.py``
+its runs are counted in its engine process by ``server_probes/encoder_runs.py``
 (``stock_probe_env``), which wraps vLLM's model runner there.
 """
 
@@ -63,12 +63,20 @@ SERVERS = {"stock": {}, "zspa": {}, "zspa-nocache": {"ZSPA_ENCODER_CACHE_MIB": "
 SERVER_ARGS = ["--enable-prefix-caching", "--enable-prompt-tokens-details", "--enable-logging-iteration-details"]
 
 
+PROBES = Path(__file__).resolve().parent / "server_probes"
+
+
+def probe_env(variable: str, directory: Path) -> dict:
+    """Environment of a server whose every process runs the probe ``variable`` switches
+    on, writing into ``directory`` (see server_probes/sitecustomize.py)."""
+    path = os.pathsep.join(p for p in (str(PROBES), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, variable: str(directory)}
+
+
 def stock_probe_env(directory: Path) -> dict:
     """Environment of a stock server whose vision-encoder runs are counted into
-    ``directory`` (see stock_encoder_probe/sitecustomize.py)."""
-    probe = str(Path(__file__).resolve().parent / "stock_encoder_probe")
-    path = os.pathsep.join(p for p in (probe, os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, "ZSPA_BENCH_ENCODER_RUNS": str(directory)}
+    ``directory`` (server_probes/encoder_runs.py)."""
+    return probe_env("ZSPA_BENCH_ENCODER_RUNS", directory)
 
 
 def rows(keep_rate: float) -> tuple[list, list]:

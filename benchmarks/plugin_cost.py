@@ -1,9 +1,11 @@
 """What the plugin itself costs a request it does not prune, timed where the time is spent.
 
-Starts stock vLLM (plugin off) and zspa-serve on the same proportional model, each behind
-a probe (``--probe``: this file runs the server after wrapping functions of the API-server
-process), sends the same streamed image requests (keep_rate 1, and no knobs; keep_rate 0.1 for
-scale) at each concurrency, interleaved, and reports per request:
+Starts stock vLLM (plugin off), ``vllm serve`` with the plugin (its processor, scheduler
+and model classes, without zspa-serve's HTTP layer) and zspa-serve on the same
+proportional model, each behind a probe (``--probe``: this file runs the server after
+wrapping functions of the API-server process), sends the same streamed image requests
+(no knobs, keep_rate 1; keep_rate 0.1 for scale) at each concurrency, interleaved, and
+reports per request:
 
 - each of our API-server hooks' **own** time: the CPU time of the thread running it
   (``time.thread_time``: waiting for the GIL or the network is not counted) less the time
@@ -11,11 +13,11 @@ scale) at each concurrency, interleaved, and reports per request:
   would do anyway is not counted;
 - vLLM's own front-end phases on both servers (decoding the image, the multimodal
   processor), for scale;
+- our engine-side code, in the engine core and its worker (the scheduler's charge,
+  ``embed_multimodal``'s own part, the selection, the M-RoPE hooks and the vLLM position
+  pass they turn on), with vLLM's vision encoder and scheduler beside it on both servers:
+  timed by ``server_probes/engine_times.py`` in every process of each server (wall time);
 - TTFT and vLLM's prefill time, as serve_bench reports them.
-
-The engine core's and the workers' part (the scheduler mixin, ``embed_multimodal``'s field
-handling) runs in other processes, which this probe does not reach; see docs/benchmarks.md
-for how they were sampled.
 
     python benchmarks/plugin_cost.py --families llava-1.5,qwen2.5-vl --scale 0.125 --concurrency 1,8 --requests 24 --repeats 3
 """
@@ -184,22 +186,49 @@ def _read_probe(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"own_s": {}, "calls": {}}
 
 
+PLUGIN_ROW = "vllm serve + plugin, no knobs"
+def engine_probe_env(directory: Path) -> dict:
+    """Environment of a server whose engine-side code is timed into ``directory`` (see
+    server_probes/engine_times.py)."""
+    from chat_workloads import probe_env
+
+    return probe_env("ZSPA_BENCH_ENGINE_PROBE", directory)
+
+
+def _read_engine_probe(directory: Path) -> dict[str, float]:
+    """Every process's engine-side totals, seconds by row name ("engine: ..." for ours,
+    "vLLM engine: ..." for vLLM's own)."""
+    own: dict[str, float] = {}
+    for path in sorted(directory.glob("*.json")):
+        totals = json.loads(path.read_text())
+        for label, seconds in totals["own_s"].items():
+            name = ("vLLM engine: " if totals["whose"][label] == "vllm" else "engine: ") + label
+            own[name] = own.get(name, 0.0) + seconds
+    return own
+
+
 def bench_family(family: str, args, workdir: Path) -> list[dict]:
     import serve_bench as sb
     from zspa_serve.launch import ServerProcess
 
     model = str(sb.build_model(family, args, workdir / family))
     engine = ["--dtype", "float32", "--max-model-len", "8192", "--max-num-seqs", "8", "--enforce-eager"]
-    env = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    servers, probes = {}, {}
+    env = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+           "VLLM_USE_V2_MODEL_RUNNER": "1" if args.runner == "v2" else "0"}
+    servers, probes, engine_probes = {}, {}, {}
     try:
-        for kind in ("stock", "zspa"):
+        # stock: plugins off; plugin: `vllm serve` with the plugin's processor, scheduler and
+        # model classes but not zspa-serve's HTTP layer; zspa: zspa-serve
+        for kind in ("stock", "plugin", "zspa"):
             probes[kind] = workdir / f"{family}-{kind}-probe.json"
+            engine_probes[kind] = workdir / f"{family}-{kind}-engine"
             program = [sys.executable, str(Path(__file__).resolve()), "--probe", kind, str(probes[kind])]
+            server_env = {**env, **engine_probe_env(engine_probes[kind]), **({"VLLM_PLUGINS": ""} if kind == "stock" else {})}
             servers[kind] = ServerProcess([model, "--served-model-name", "m", *engine], workdir / f"{family}-{kind}.log",
-                                          env={**env, **({"VLLM_PLUGINS": ""} if kind == "stock" else {})}, program=program)
-            servers[kind].wait_healthy(1200)
-        rows = [("stock vLLM", "stock", {}), ("zspa, no knobs", "zspa", {}), ("zspa keep_rate=1", "zspa", {"keep_rate": 1, "core_ratio": 0.2}),
+                                          env=server_env, program=program)
+        for server in servers.values():  # started together: their start-ups overlap
+            server.wait_healthy(1200)
+        rows = [("stock vLLM", "stock", {}), (PLUGIN_ROW, "plugin", {}), ("zspa, no knobs", "zspa", {}), ("zspa keep_rate=1", "zspa", {"keep_rate": 1, "core_ratio": 0.2}),
                 ("zspa keep_rate=0.1", "zspa", {"keep_rate": 0.1, "core_ratio": 0.2})]  # what pruning adds, for scale
         seed = 50_000
         results = {(c, label): [] for c in args.concurrency for label, *_ in rows}
@@ -208,12 +237,11 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
                 parts = [sb.image_part(s, sb.IMAGE_SIZE) for s in range(seed, seed + args.requests)]
                 seed += args.requests
                 time.sleep(1.2)  # the probe writes its clock twice a second
-                before = _read_probe(probes[kind])
+                before = {**_read_probe(probes[kind])["own_s"], **_read_engine_probe(engine_probes[kind])}
                 run = asyncio.run(sb._workload(servers[kind].base_url, "m", parts, sb.QUESTION, knobs, c, args.max_tokens))
                 time.sleep(1.2)
-                after = _read_probe(probes[kind])
-                own = {name: 1000 * (after["own_s"].get(name, 0) - before["own_s"].get(name, 0)) / args.requests
-                       for name in after["own_s"]}
+                after = {**_read_probe(probes[kind])["own_s"], **_read_engine_probe(engine_probes[kind])}
+                own = {name: 1000 * (after[name] - before.get(name, 0)) / args.requests for name in after}
                 if repeat >= args.warmup:
                     results[c, label].append({"ttft_ms": run["ttft_p50_ms"], "prefill_ms": run["prefill_ms"],
                                               "front_ms": run["front_ms"], "requests_per_s": run["requests_per_s"],
@@ -227,7 +255,13 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
 
 
 def _is_vllm(name: str) -> bool:
-    return name in {label for *_, label in VLLM_PHASES} or name.startswith(("inner:", "vllm."))
+    return name in {label for *_, label in VLLM_PHASES} or name.startswith(("inner:", "vllm.", "vLLM engine: "))
+
+
+def _title(name: str) -> str:
+    if name.startswith(("engine: ", "vLLM engine: ")):
+        return name
+    return ("vLLM: " if _is_vllm(name) else "ours: ") + name
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -238,12 +272,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# What the plugin costs a request it does not prune ({meta['machine']})", "",
              f"`{meta['command']}`", "",
              "Per request, median (min-max) over the repeats; each repeat is the mean of "
-             f"{meta['requests']} streamed requests. Own time: the hook's thread CPU time less the vLLM "
-             "code it calls.", ""]
+             f"{meta['requests']} streamed requests, vLLM's model runner {meta.get('runner', 'v1')}. Own time "
+             "in the API server: the hook's thread CPU time less the vLLM code it calls; in the engine core "
+             "and worker (`engine:` rows): wall time less the timed calls inside.", ""]
     for family, c in dict.fromkeys((r["family"], r["concurrency"]) for r in rows):
         mine = [r for r in rows if (r["family"], r["concurrency"]) == (family, c)]
         stock = next(r for r in mine if r["label"] == "stock vLLM")
-        names = sorted({n for r in mine for run in r["runs"] for n in run["own_ms"]}, key=lambda n: (_is_vllm(n), n))
+        names = sorted({n for r in mine for run in r["runs"] for n in run["own_ms"]},
+                       key=lambda n: (_is_vllm(n), n.startswith(("engine: ", "vLLM engine: ")), n))
         lines += [f"## {family}, concurrency {c}", "", "| | " + " | ".join(r["label"] for r in mine) + " |", "|---" * (len(mine) + 1) + "|"]
 
         def row(title, get):
@@ -265,7 +301,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         for name in names:
             if name.startswith(("inner:", "vllm.")):
                 continue
-            row(("vLLM: " if _is_vllm(name) else "ours: ") + name, lambda run, n=name: run["own_ms"].get(n, 0.0))
+            row(_title(name), lambda run, n=name: run["own_ms"].get(n, 0.0))
+        row("**ours, API server**", lambda run: sum(v for k, v in run["own_ms"].items() if not _is_vllm(k) and not k.startswith("engine: ")))
+        row("**ours, engine core and worker**", lambda run: sum(v for k, v in run["own_ms"].items() if k.startswith("engine: ")))
         row("**ours, all hooks**", lambda run: sum(v for k, v in run["own_ms"].items() if not _is_vllm(k)))
         lines.append("")
     return "\n".join(lines)
@@ -275,7 +313,7 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--probe":  # the server process
         kind, out, rest = sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
         install_probe(kind == "stock", out)
-        if kind == "stock":
+        if kind in ("stock", "plugin"):
             from zspa_serve.cli import run_vllm_serve
 
             run_vllm_serve(["serve", *rest])
@@ -292,6 +330,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--runner", choices=["v1", "v2"], default="v2",
+                   help="vLLM's model runner on both servers: v2 (Model Runner V2, vLLM's default on GPUs) or v1")
     p.add_argument("--name", default="plugin_cost_cpu")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for NAME.md and NAME.json")
     args = p.parse_args()
@@ -302,7 +342,7 @@ def main() -> int:
             rows += bench_family(family, args, Path(tmp))
     import platform
 
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "requests": args.requests,
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "requests": args.requests, "runner": args.runner,
             "command": "python benchmarks/plugin_cost.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

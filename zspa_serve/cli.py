@@ -12,13 +12,10 @@ outputs; ``--phase-timings`` adds the vision encoder's and the selection's time 
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from importlib.metadata import entry_points
 
 from zspa_vllm.core.params import (
@@ -180,9 +177,9 @@ def run_vllm_serve(vllm_argv: list[str]) -> None:
 def own_stats_dir() -> None:
     """A fresh folder for this server's worker counters (zspa_vllm.core.stats_files): one
     inherited from the environment may be another server's."""
-    directory = tempfile.mkdtemp(prefix="zspa-stats-")
-    os.environ[STATS_DIR] = directory
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    from zspa_vllm.core.stats_files import new_directory
+
+    os.environ[STATS_DIR] = new_directory()
 
 
 def main(argv: list[str] | None = None) -> None:

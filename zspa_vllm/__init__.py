@@ -1,9 +1,6 @@
 """zspa-vllm: prompt-aware visual token pruning (ZSPAPrune) for vLLM."""
 
-import atexit
 import os
-import shutil
-import tempfile
 
 __version__ = "0.1.0"
 
@@ -62,6 +59,7 @@ def register() -> None:
     # The first process of a server (it registers before it starts the engine's) picks
     # where the workers publish their encoder-cache counters; children inherit it.
     if not os.environ.get(STATS_DIR):
-        os.environ[STATS_DIR] = tempfile.mkdtemp(prefix="zspa-stats-")
-        atexit.register(shutil.rmtree, os.environ[STATS_DIR], ignore_errors=True)
+        from zspa_vllm.core.stats_files import new_directory
+
+        os.environ[STATS_DIR] = new_directory()
     _registered = True

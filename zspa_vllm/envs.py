@@ -88,7 +88,7 @@ VARIABLES: dict[str, Variable] = {
         Variable(SELECTION_LOG, "folder", "unset (off)",
                  "each selecting process appends every selection to a file there (zspa-show, tests, debugging)",
                  _path),
-        Variable(STATS_DIR, "folder", "a fresh temporary folder per server",
+        Variable(STATS_DIR, "folder", "a fresh folder per server (on /dev/shm where writable)",
                  "where the workers publish their counters for /metrics; set by the first process, inherited",
                  _path),
         Variable(MAX_BODY_BYTES, "bytes", str(DEFAULT_MAX_BODY_BYTES),

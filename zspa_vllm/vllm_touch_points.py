@@ -171,11 +171,14 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
     ),
     TouchPoint(
         "Model Runner V2: our pruner", WRAPPED, "zspa_vllm/worker/runner_hooks.py",
-        "MRv2 builds its M-RoPE pruner only for EVS; the wrapped factory builds one for our models "
+        "MRv2 builds its M-RoPE pruner only for EVS; the wrapped factory builds one for our models, a "
+        "subclass whose recompute passes steps without pruned rows through "
         "(vllm_versions.PRUNER_FACTORIES: GPU runner, and 0.34's non-x86 CPU runner)",
         ("vllm.v1.worker.gpu.model_states.mm_pruning:maybe_create_mm_pruner", "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.__init__",
+         "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.recompute",
          "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner", "vllm.v1.worker.gpu.model_states.default",
          "vllm.v1.worker.cpu.mm_pruning:maybe_create_mm_pruner", "vllm.v1.worker.cpu.mm_pruning:MultiModalPruner.__init__",
+         "vllm.v1.worker.cpu.mm_pruning:MultiModalPruner.recompute",
          "vllm.v1.worker.cpu.mm_pruning:MultiModalPruner", "vllm.v1.worker.cpu.model_states.default"),
     ),
     TouchPoint(

@@ -83,3 +83,23 @@ def test_no_stats_directory_no_file(monkeypatch):
     monkeypatch.delenv("ZSPA_STATS_DIR", raising=False)
     assert stats_file(0, 0) is None
     EncoderOutputCache(capacity_bytes=10).publish()  # a no-op
+
+
+def test_a_servers_counter_folder_is_on_a_memory_file_system_where_there_is_one(tmp_path, monkeypatch):
+    """Workers replace these files on each pruned step's critical path: /dev/shm when
+    writable, else the temporary folder."""
+    import os
+    import shutil
+    import tempfile
+
+    from zspa_vllm.core import stats_files
+
+    made = [stats_files.new_directory()]
+    if os.access("/dev/shm", os.W_OK | os.X_OK):
+        assert made[0].startswith("/dev/shm/zspa-stats-")
+    monkeypatch.setattr(stats_files, "MEMORY_FS", str(tmp_path / "no-such-fs"))
+    made.append(stats_files.new_directory())
+    assert made[1].startswith(os.path.join(tempfile.gettempdir(), "zspa-stats-"))
+    assert made[0] != made[1] and all(os.path.isdir(d) for d in made)
+    for directory in made:
+        shutil.rmtree(directory)

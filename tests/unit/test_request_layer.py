@@ -96,3 +96,42 @@ def test_sse_chunks_without_usage_pass_as_they_came():
     stream = b"".join(events)
     for cut in range(1, len(stream), 7):
         assert b"".join(_stream([stream[:cut], stream[cut:]], counts)) == b"".join(whole)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m", "keep_rate": 0.25, "messages": [{"role": "user", "content": "\\u00e9\\n"}]}',
+        b' {"a": 123456789012345678901234567890, "b": 1.0000000000000002, "c": -0.0, "d": 5e-324} ',
+        b'{"a": 1, "a": 2}',
+        # refused by the fast strict decoder, decided by json.loads as before
+        b'{"keep_rate": NaN}',
+        b'{"keep_rate": 1e400}',
+        b'{"text": "\\ud800"}',
+    ],
+)
+def test_the_body_parses_as_json_loads_parses_it(body):
+    import msgspec
+
+    from zspa_serve.middleware import _STRICT_JSON, _parse
+
+    parsed, expected = _parse(body), json.loads(body)
+    assert json.dumps(parsed) == json.dumps(expected)  # (NaN != NaN: compared as text)
+    assert [type(v) for v in parsed.values()] == [type(v) for v in expected.values()]
+    if any(token in body for token in (b"NaN", b"1e400", b"\\ud800")):
+        with pytest.raises(msgspec.DecodeError):  # the fallback is what accepted it
+            _STRICT_JSON.decode(body)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [(b'{"a": }', "not valid JSON"), (b"\xff{}", "not valid JSON"), (b"[1]", "must be a JSON object, got list"),
+     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply")],
+    ids=["malformed", "not utf-8", "a list", "too deep"],
+)
+def test_a_body_that_is_no_json_object_is_a_bad_request(body, message):
+    from zspa_serve.knobs import BadRequest
+    from zspa_serve.middleware import _parse
+
+    with pytest.raises(BadRequest, match=message):
+        _parse(body)

@@ -61,3 +61,26 @@ def test_the_cpu_backend_builds_no_bidirectional_image_block():
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
     assert CPUAttentionBackend.supports_mm_prefix() is False
+
+
+def test_our_mrv2_pruner_passes_steps_without_pruned_rows_through():
+    """The pruner zspa_vllm.worker.runner_hooks builds for our M-RoPE models hands a step
+    whose rows are all at the LLM width (nothing pruned: keep_rate 1, other families'
+    media) back untouched, as stock vLLM without a pruner does; a step with one pruned
+    item (rows wider by the position columns) goes through vLLM's own pass."""
+    import pytest
+    import torch
+    from vllm.v1.worker.gpu.model_states import mm_pruning
+
+    from zspa_vllm.worker.mrope import POS_CHANNELS
+    from zspa_vllm.worker.runner_hooks import _unpruned_steps_untouched
+
+    pruner_cls = _unpruned_steps_untouched(mm_pruning.MultiModalPruner)
+    assert issubclass(pruner_cls, mm_pruning.MultiModalPruner)
+    assert _unpruned_steps_untouched(mm_pruning.MultiModalPruner) is pruner_cls  # one class per vLLM class
+    # no model, positions or cache: the untouched path must not reach any of them
+    pruner = pruner_cls(None, None, None, 8)
+    rows = [torch.randn(5, 8), torch.randn(3, 8)]
+    assert pruner.recompute(rows, None, None) is rows
+    with pytest.raises(AttributeError, match="idx_mapping_np"):  # vLLM's pass reads the batch
+        pruner.recompute([rows[0], torch.randn(2, 8 + POS_CHANNELS)], None, None)

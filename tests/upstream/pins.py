@@ -92,7 +92,10 @@ SIGNATURES["0.32"] = {
     # the scheduler charging unpruned encoder work (zspa_vllm/engine/encoder_budget.py)
     "vllm.v1.core.sched.scheduler:Scheduler._try_schedule_encoder_inputs": "(self, request: Request, num_computed_tokens: int, num_new_tokens: int, encoder_compute_budget: int, shift_computed_tokens: int=0) -> tuple[list[int], int, int, list[int], list[int]]",
     "vllm.v1.core.sched.async_scheduler:AsyncScheduler._try_schedule_encoder_inputs": "(self, request: Request, num_computed_tokens: int, num_new_tokens: int, encoder_compute_budget: int, shift_computed_tokens: int=0) -> tuple[list[int], int, int, list[int], list[int]]",
-    "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.__init__": "(self, model: nn.Module, rope_state: RopeState, encoder_cache: EncoderCache, inputs_embeds_size: int) -> None",    # M-RoPE positions reach MRv2's RopeState from get_mrope_input_positions (a CPU tensor)
+    "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.__init__": "(self, model: nn.Module, rope_state: RopeState, encoder_cache: EncoderCache, inputs_embeds_size: int) -> None",
+    # overridden to pass steps with no pruned rows through (zspa_vllm/worker/runner_hooks.py)
+    "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.recompute": "(self, mm_embeds: list[torch.Tensor], input_batch: InputBatch, req_states: RequestState) -> list[torch.Tensor]",
+    # M-RoPE positions reach MRv2's RopeState from get_mrope_input_positions (a CPU tensor)
     "vllm.v1.worker.gpu.mm.rope:RopeState.init_prefill_positions": "(self, req_idx: int, model: nn.Module, prefill_token_ids: list[int], mm_features: list) -> None",
     # the serve CLI's building blocks (zspa_serve/cli.py through zspa_vllm.vllm_versions.LOCATIONS)
     "vllm.entrypoints.launchers.cli_args:make_arg_parser": "(parser: FlexibleArgumentParser) -> FlexibleArgumentParser",
@@ -122,6 +125,7 @@ SIGNATURES["0.34"] = {
     # the non-x86 CPU runner's own pruner (compat.PRUNER_FACTORIES)
     "vllm.v1.worker.cpu.mm_pruning:maybe_create_mm_pruner": "(model_config: ModelConfig, model: nn.Module, rope_state: RopeState | None, encoder_cache: EncoderCache | None) -> MultiModalPruner | None",
     "vllm.v1.worker.cpu.mm_pruning:MultiModalPruner.__init__": "(self, model: nn.Module, rope_state: RopeState, encoder_cache: EncoderCache, inputs_embeds_size: int) -> None",
+    "vllm.v1.worker.cpu.mm_pruning:MultiModalPruner.recompute": "(self, mm_embeds: list[torch.Tensor], input_batch: InputBatch, req_states: CPURequestState) -> list[torch.Tensor]",
 }
 
 # Source text the plugin's reasoning depends on ("module[:Qualified.name]" -> snippets,
@@ -141,7 +145,7 @@ _MRV2_RUNS_OUR_PRUNER = {
     ),
     "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner": (
         "self.model.recompute_mrope_positions(",
-        "mm[:, : self.inputs_embeds_size]",
+        "mm[:, : self.inputs_embeds_size]",  # (our subclass compares widths with it)
         "self.rope_state.update_prefill_positions(req_idx, new_positions, delta)",
     ),
 }
@@ -262,6 +266,7 @@ SNIPPETS["0.34"] = {
         "not model_config.multimodal_config.is_multimodal_pruning_enabled()",
     ),
     "vllm.v1.worker.cpu.mm_pruning:MultiModalPruner": (
+        "self.inputs_embeds_size = inputs_embeds_size",  # what our subclass compares widths with
         "self.model.recompute_mrope_positions(",
         "for src, dst in zip(req_embeds, req_cleaned)",
         "self.rope_state.update_prefill_positions(req_idx, new_positions, delta)",

@@ -57,9 +57,29 @@ def _hook_pruner_factory(mm_pruning, model_states) -> None:
         if pruner is None and getattr(model, "zspa_prunes_media", False) and None not in (rope_state, encoder_cache):
             # the width strip() cuts to: ours, which keeps Qwen3-VL's deepstack columns
             # (model_config.get_inputs_embeds_size() would cut them off)
-            pruner = mm_pruning.MultiModalPruner(model, rope_state, encoder_cache, model._zspa_embedding_width())
+            pruner = _unpruned_steps_untouched(mm_pruning.MultiModalPruner)(
+                model, rope_state, encoder_cache, model._zspa_embedding_width()
+            )
         return pruner
 
     mm_pruning.maybe_create_mm_pruner = maybe_create_mm_pruner
     if model_states is not None:  # already bound the original by name
         model_states.maybe_create_mm_pruner = maybe_create_mm_pruner
+
+
+_PRUNERS: dict[type, type] = {}
+
+
+def _unpruned_steps_untouched(pruner_cls: type) -> type:
+    """vLLM's pruner, passing a step none of whose rows carry our position columns
+    straight through, as stock vLLM (no pruner) does: its pass would re-derive the same
+    positions, with a device sync per request."""
+    if pruner_cls not in _PRUNERS:
+
+        def recompute(self, mm_embeds, input_batch, req_states):
+            if all(mm.shape[-1] == self.inputs_embeds_size for mm in mm_embeds):
+                return mm_embeds
+            return pruner_cls.recompute(self, mm_embeds, input_batch, req_states)
+
+        _PRUNERS[pruner_cls] = type(f"Zspa{pruner_cls.__name__}", (pruner_cls,), {"recompute": recompute, "__module__": __name__})
+    return _PRUNERS[pruner_cls]
