@@ -20,9 +20,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-MEMORY_FS = "/dev/shm"
-
 from zspa_vllm import envs
+
+MEMORY_FS = "/dev/shm"
 
 
 def new_directory() -> str:
