@@ -2,7 +2,7 @@
 vision encoder produced for a real image, next to that encoder's time, on the same device.
 
     python benchmarks/select_bench.py [--repeats 7] [--device cpu|cuda|all] [--dtype bfloat16]
-                                      [--encoder-repeats 3] [--no-encoder]
+                                      [--encoder-repeats 3] [--no-encoder] [--against REV]
 
 The selection's cost depends on its rows (the CPU loop's candidate set widens where rows
 tie), so each shape is timed on three sets: "encoder", the encoder's output for a
@@ -20,22 +20,32 @@ is timed on 2 of the tower's 32 blocks (one windowed, one full-attention) and th
 counted at those blocks' times (28 windowed, 4 full): the whole tower takes most of an
 hour on a 2-core CPU (its rows then come from those 2 blocks). Prints a markdown table:
 medians with the spread (min-max), and the selection's share of the encoder's time.
+``--against REV`` also times zspa_vllm/core/selection.py as it was at git revision REV, on
+the same rows, alternating with this checkout's selection, and adds its time and the
+ratio (this / REV, the median and range of the repeats' own ratios).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from zspa_selfcheck.images import make_image
-from zspa_vllm.core.selection import select_tokens
+from zspa_vllm.core import selection as this_selection
+
+REPO = Path(__file__).resolve().parents[1]
 
 QUERY_TOKENS = 32
 # Qwen2.5-VL-7B's vision tower: 32 blocks, full attention in these, windows elsewhere.
@@ -193,17 +203,39 @@ def selection_rows(encoded: torch.Tensor, kind: str) -> torch.Tensor:
     return encoded[: -(-n // DUPLICATES)].repeat_interleave(DUPLICATES, dim=0)[:n]
 
 
-def time_selection(shape: Shape, visual: torch.Tensor, device, dtype, repeats, method, core_ratio) -> list[float]:
+def selection_at(rev: str):
+    """zspa_vllm/core/selection.py as it was at git revision ``rev``, loaded as its own
+    module (it imports nothing from the package)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:zspa_vllm/core/selection.py"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "selection_at_rev.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"selection_at_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_selection(shape: Shape, visual: torch.Tensor, device, dtype, repeats, method, core_ratio, modules) -> list[list[float]]:
+    """Seconds per selection, a list per module of ``modules`` (selection modules timed in
+    turn within each repeat, so that a slower stretch of the machine hits them alike)."""
     gen = torch.Generator().manual_seed(0)
     visual = visual.to(device=device, dtype=dtype)
     # the question's embeddings: random rows (the selection reads only their mean)
     query = torch.randn(QUERY_TOKENS, shape.d, generator=gen).to(device=device, dtype=dtype)
-
-    def run():
-        select_tokens(visual, query, shape.l, core_ratio, method=method, check_values=False)
-
-    _elapsed(run, device)  # warm-up
-    return [_elapsed(run, device) for _ in range(repeats)]
+    runs = [
+        lambda module=module: module.select_tokens(visual, query, shape.l, core_ratio, method=method, check_values=False)
+        for module in modules
+    ]
+    kept = [run() for run in runs]  # warm-up
+    if any(not torch.equal(kept[0], other) for other in kept[1:]):
+        print(f"# {shape.label} {method}: the revisions keep different tokens", file=sys.stderr)
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, spent in zip(runs, times):
+            spent.append(_elapsed(run, device))
+    return times
 
 
 def _fmt(seconds: list[float]) -> tuple[str, str]:
@@ -229,6 +261,7 @@ def main() -> None:
         "--sample-blocks", action="store_true",
         help="time every Qwen tower on 2 blocks (to check the sampling against a whole tower)",
     )
+    parser.add_argument("--against", metavar="REV", default=None, help="also time the selection of git revision REV")
     args = parser.parse_args()
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -253,8 +286,10 @@ def main() -> None:
           f"{args.repeats} selections / {args.encoder_repeats} encoder runs per row, medians (min-max)")
     if torch.cuda.is_available():
         print(f"# cuda: {torch.cuda.get_device_name()}")
-    print("| device | shape | n | d | l | method | rows | selection ms | min-max | encoder ms | min-max | selection / encoder |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    modules = [this_selection] + ([selection_at(args.against)] if args.against else [])
+    against = f" | {args.against} ms | min-max | this / {args.against} | min-max" if args.against else ""
+    print(f"| device | shape | n | d | l | method | rows | selection ms | min-max{against} | encoder ms | min-max | selection / encoder |")
+    print("|---" * (12 + 4 * bool(args.against)) + "|", flush=True)
     encoder_dtypes = set()
     jobs = [(device, shape) for device in devices for shape in shapes]
     for device, shape in tqdm(jobs, desc="shapes", unit="shape"):
@@ -266,14 +301,19 @@ def main() -> None:
         for method in methods:  # each row as soon as it is measured
             for kind in ROWS:
                 rows = selection_rows(encoded, kind)
-                selection = time_selection(shape, rows, device, dtype, args.repeats, method, args.core_ratio)
-                tqdm.write(_row(device, shape, method, kind, selection, encoder))
+                times = time_selection(shape, rows, device, dtype, args.repeats, method, args.core_ratio, modules)
+                tqdm.write(_row(device, shape, method, kind, times, encoder))
     if not args.no_encoder:
         print(f"# encoders in {', '.join(sorted(encoder_dtypes))}")
 
 
-def _row(device, shape, method, kind, selection, encoder) -> str:
+def _row(device, shape, method, kind, times, encoder) -> str:
+    selection = times[0]
     sel_med, sel_spread = _fmt(selection)
+    if len(times) > 1:  # the other revision's time, and the repeats' own ratios
+        ratios = [this / other for this, other in zip(selection, times[1])]
+        sel_spread += " | {} | {} | {:.2f}x | {:.2f}-{:.2f}".format(
+            *_fmt(times[1]), statistics.median(ratios), min(ratios), max(ratios))
     if encoder is None:
         enc_med, enc_spread, share = "-", "-", "-"
     else:

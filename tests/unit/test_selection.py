@@ -397,6 +397,19 @@ def test_candidate_loop_picks_what_full_scans_pick_with_few_full_products(kind):
         assert 2 <= len(full) <= 12, (kind, method, len(full))  # full scans: one per pick
 
 
+def test_candidate_loop_runs_one_torch_mat_vec_per_pick_and_its_bookkeeping_in_numpy():
+    """A torch call costs several microseconds on the CPU whatever its size; the loop's
+    per-pick reads and updates of a few hundred values run in numpy (selection.py, "Cost"),
+    leaving the row's mat-vec (and its row view) as a pick's only torch ops."""
+    visual, query = _case(n=2000, d=48)
+    num_keep, core_ratio = 400, 0.2
+    picks = num_keep - math.floor(core_ratio * num_keep + 0.5)
+    with _OpLog() as log:
+        select_tokens(visual, query, num_keep, core_ratio)
+    assert sum(op.__name__.split(".")[0] == "mv" for op in log.ops) >= picks - 1
+    assert len(log.ops) < 4 * picks  # 15 per pick when the loop ran in torch
+
+
 def test_candidate_loop_is_the_cpu_default():
     visual, query = _case(n=2000, d=16)
     with _OpLog(shapes=True) as log:

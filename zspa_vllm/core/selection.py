@@ -1,4 +1,4 @@
-"""ZSPAPrune token selection and its baselines (arXiv 2510.17197). Pure torch, no vLLM.
+"""ZSPAPrune token selection and its baselines (arXiv 2510.17197). torch and numpy, no vLLM.
 
 Contract (README.md, "The selection core", has the long form):
 
@@ -23,13 +23,15 @@ duplicates tie on every device even where the mat-vec rounds them differently.
 
 Cost: O(n * l * d); no n x n matrix is built, except that the DivPrune seed needs every
 token's nearest neighbour, O(n^2 * d) computed in row blocks of bounded memory. Two
-loops pick the same tokens:
+loops pick the same tokens (up to float32 rounding where two values differ by TIE_TOL):
 - on an accelerator, one n x d mat-vec per diversity pick and nothing that waits for the
   device (no host sync) except the NaN / infinity check, which ``check_values=False`` skips;
-- on the CPU, where reading a value costs nothing, the mat-vecs run over a small candidate
+- on the CPU, where reading a value costs nothing, the picks run over a small candidate
   set (the rows with the lowest bounds), and the other rows catch up in one mat-mul when a
   candidate's value reaches theirs: a mat-vec over all n rows is bound by memory bandwidth,
   a mat-mul is not (LLaVA-NeXT's n=2880, d=4096, l=288: 5x faster, benchmarks/select_bench.py).
+  Within a candidate set the loop runs in numpy (a call costs a tenth of torch's there), on
+  the candidates' cosine matrix when it is no larger than their rows.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+import numpy
 import torch
 
 # the model fields carry a method as its index here: append only
@@ -197,7 +200,7 @@ def _pick_from_candidates(unit, max_sim, order, start) -> None:
     values on the host. ``max_sim`` only grows, so a stale value is a lower bound: while
     the smallest up-to-date candidate value stays more than TIE_TOL below every other
     row's bound, the pick (ties included) is among the candidates, and only their
-    mat-vecs are needed. Then all rows catch up with the new picks in one mat-mul."""
+    similarities are needed. Then all rows catch up with the new picks in one mat-mul."""
     n, num_keep = unit.shape[0], order.numel()
     picked, synced, size = start, start, None
     while picked < num_keep:
@@ -214,19 +217,29 @@ def _pick_from_candidates(unit, max_sim, order, start) -> None:
         else:
             bound_outside = math.inf
             candidates = torch.arange(n, device=unit.device)
-        rows, sims = unit[candidates], max_sim[candidates]
-        made = 0
-        while picked < num_keep:
-            lowest_sim = float(sims.min())
-            if lowest_sim + TIE_TOL >= bound_outside:
-                break  # a row outside the candidates may be (or tie with) the pick
-            pos = int(torch.argmax((sims <= lowest_sim + TIE_TOL).to(torch.uint8)))
-            order[picked] = candidates[pos]
-            picked, made = picked + 1, made + 1
-            if picked < num_keep:
-                torch.maximum(sims, rows @ rows[pos], out=sims)
-                sims[pos] = math.inf
-        size = 2 * size if made == 0 else None  # no progress: widen the candidate set
+        picks = _pick_round(unit[candidates], max_sim[candidates].numpy(), bound_outside, num_keep - picked)
+        if picks:
+            order[picked : picked + len(picks)] = candidates[picks]
+        picked += len(picks)
+        size = 2 * size if not picks else None  # no progress: widen the candidate set
+
+
+def _pick_round(rows: torch.Tensor, sims: numpy.ndarray, bound_outside: float, wanted: int) -> list[int]:
+    """Up to ``wanted`` picks among candidate ``rows`` (positions in ``rows``), while the
+    lowest value stays more than TIE_TOL below ``bound_outside``. The bookkeeping runs in
+    numpy, whose calls on a few hundred values cost a tenth of torch's; the mat-vec stays
+    in torch (numpy's BLAS threads would compete with torch's)."""
+    picks: list[int] = []
+    while len(picks) < wanted:
+        lowest = float(sims.min())
+        if lowest + TIE_TOL >= bound_outside:
+            break  # a row outside the candidates may be (or tie with) the pick
+        pos = int(numpy.argmax(sims <= numpy.float32(lowest + TIE_TOL)))
+        picks.append(pos)
+        if len(picks) < wanted:
+            numpy.maximum(sims, torch.mv(rows, rows[pos]).numpy(), out=sims)
+            sims[pos] = math.inf
+    return picks
 
 
 def _most_isolated(unit: torch.Tensor) -> torch.Tensor:
