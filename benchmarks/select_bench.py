@@ -11,7 +11,8 @@ zspa_selfcheck.images scene preprocessed as the model's own image processor does
 rows are identical; flat regions give near-identical ones); "identical", one row n times
 (a blank image), where every comparison ties.
 
-(n, d, l) rows: LLaVA-1.5 (576 tokens, 4096 wide, 10% kept), LLaVA-NeXT (2880, 4096: five
+(n, d, l) rows: LLaVA-1.5 (576 tokens, 4096 wide, 10% kept), the same at 512 wide (the
+LLM width of the CPU serving benchmarks' 0.125-scale model), LLaVA-NeXT (2880, 4096: five
 336px tiles), Qwen2.5-VL-7B at 1296 tokens (a 1008x1008 image) and at 16384 tokens (its
 largest image). The encoders are the real architectures at their real sizes with random
 weights (transformers' CLIP ViT-L/14-336 without its last layer + LLaVA's two-layer
@@ -66,6 +67,8 @@ class Shape:
 
 SHAPES = [
     Shape("LLaVA-1.5", 576, 4096, 58, "llava", tiles=1),
+    # the LLM width of the CPU serving benchmarks' model (benchmarks/proportional.py, --scale 0.125)
+    Shape("LLaVA-1.5 x0.125", 576, 512, 58, "llava", tiles=1),
     Shape("LLaVA-NeXT", 2880, 4096, 288, "llava", tiles=5),
     Shape("Qwen2.5-VL 1008px", 1296, 3584, 130, "qwen2.5-vl", grid=72),
     Shape("Qwen2.5-VL max", 16384, 3584, 1638, "qwen2.5-vl", grid=256, sampled=True),

@@ -256,6 +256,18 @@ def embeds_part(family: str, width: int, rows: int, seed: int) -> dict:
     return {"type": "image_embeds", "image_embeds": payload}
 
 
+def start_together(servers: dict, family: str, launches: dict) -> None:
+    """Start a server per ``launches`` entry (kind: (arguments, ServerProcess keywords)) at
+    once, so their start-ups overlap, into ``servers`` (the caller's ``finally`` stops
+    them all, a failed start included); then wait until each answers /health."""
+    for kind, (arguments, keywords) in launches.items():
+        servers[kind] = ServerProcess(arguments, **keywords)
+    start = time.monotonic()
+    for kind, server in servers.items():
+        server.wait_healthy(timeout=1200)
+        print(f"[{family}] {kind} server healthy after {time.monotonic() - start:.0f} s", flush=True)
+
+
 def bench_family(family: str, args, workdir: Path) -> list[dict]:
     model_path = args.model or str(build_model(family, args, workdir / family))
     concurrencies = args.concurrency
@@ -274,12 +286,10 @@ def bench_family(family: str, args, workdir: Path) -> list[dict]:
     rows.append((IDEAL, "stock", {}))
     servers = {}
     try:
-        for kind, stock, extra in kinds:
-            server = ServerProcess([model_path, "--served-model-name", name, *engine, *extra],
-                                   workdir / f"{family}-{kind}.log", env=env, stock=stock)
-            startup = server.wait_healthy(timeout=1200)
-            servers[kind] = server
-            print(f"[{family}] {kind} server healthy after {startup:.0f} s", flush=True)
+        start_together(servers, family, {
+            kind: ([model_path, "--served-model-name", name, *engine, *extra], dict(log_path=workdir / f"{family}-{kind}.log", env=env, stock=stock))
+            for kind, stock, extra in kinds
+        })
         probe = asyncio.run(_workload(servers["zspa"].base_url, name, [image_part(9_999, IMAGE_SIZE)], QUESTION,
                                       {"keep_rate": 1}, 1, 1))
         n = round(probe["visual_tokens"])
@@ -359,11 +369,10 @@ def bench_family_video(family: str, args, workdir: Path) -> list[dict]:
     launch = {"stock": ([], True), "zspa": ([], False), "evs": (["--video-pruning-rate", str(evs_rate)], True)}
     servers, samples, errors = {}, {label: [] for label, *_ in rows}, {}
     try:
-        for kind, (extra, stock) in launch.items():
-            server = ServerProcess([model_path, "--served-model-name", name, *engine, *extra], workdir / f"{family}-video-{kind}.log",
-                                   env=env, stock=stock)
-            print(f"[{family}] {kind} server healthy after {server.wait_healthy(timeout=1200):.0f} s", flush=True)
-            servers[kind] = server
+        start_together(servers, family, {
+            kind: ([model_path, "--served-model-name", name, *engine, *extra], dict(log_path=workdir / f"{family}-video-{kind}.log", env=env, stock=stock))
+            for kind, (extra, stock) in launch.items()
+        })
         seed = 20_000
         for repeat in range(args.warmup + args.repeats):
             for label, kind, knobs in rows:  # interleaved, so drift hits every row alike
@@ -410,13 +419,13 @@ def bench_family_chat(family: str, args, workdir: Path) -> tuple[list[dict], lis
     probes = {"stock": workdir / f"{family}-stock-encoder-runs"}  # stock's encoder runs, counted in its engine
     try:
         used = {kind for _, kind, _ in chat_rows + question_rows}
-        for kind, extra_env in ((k, e) for k, e in chat_workloads.SERVERS.items() if k in used):
-            env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1", **extra_env,
-                   **(chat_workloads.stock_probe_env(probes[kind]) if kind in probes else {})}
-            server = ServerProcess([model_path, "--served-model-name", name, *engine], workdir / f"{family}-chat-{kind}.log",
-                                   env=env, stock=kind == "stock")
-            servers[kind] = server
-            print(f"[{family}] {kind} server healthy after {server.wait_healthy(timeout=1200):.0f} s", flush=True)
+        base_env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+        start_together(servers, family, {
+            kind: ([model_path, "--served-model-name", name, *engine], dict(
+                log_path=workdir / f"{family}-chat-{kind}.log", stock=kind == "stock",
+                env={**base_env, **extra_env, **(chat_workloads.stock_probe_env(probes[kind]) if kind in probes else {})}))
+            for kind, extra_env in chat_workloads.SERVERS.items() if kind in used
+        })
         seed = 50_000
         chat_runs = {label: [] for label, *_ in chat_rows}
         question_runs = {label: [] for label, *_ in question_rows}

@@ -31,8 +31,9 @@ TARGETS = {
     ],
     "zspa_vllm.worker.model": [
         ("PruningModelMixin.embed_multimodal", "worker: embed_multimodal (fields, encoder-output cache)", OURS),
-        ("PruningModelMixin._zspa_prune", "worker: selection (query embedding, select, kept rows)", OURS),
+        ("PruningModelMixin._zspa_prune", "worker: around the selection (query embedding, kept rows)", OURS),
     ],
+    "zspa_vllm.core.selection": [("selection_order_with_core", "worker: selection (selection_order_with_core)", OURS)],
     "zspa_vllm.worker.mrope": [
         ("PrunedMropeMixin.embed_multimodal", "worker: M-RoPE grids per call", OURS),
         ("PrunedMropeMixin.get_mrope_input_positions", "worker: M-RoPE positions, unpruned rule", OURS),
