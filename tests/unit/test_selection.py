@@ -410,6 +410,11 @@ def test_candidate_loop_runs_one_torch_mat_vec_per_pick_and_its_bookkeeping_in_n
     assert len(log.ops) < 4 * picks  # 15 per pick when the loop ran in torch
 
 
+def test_rows_that_require_grad_select_as_their_values_do():
+    visual, query = _case(n=300, d=16)
+    assert torch.equal(select_tokens(visual.requires_grad_(), query, 30, 0.2), select_tokens(visual.detach(), query, 30, 0.2))
+
+
 def test_candidate_loop_is_the_cpu_default():
     visual, query = _case(n=2000, d=16)
     with _OpLog(shapes=True) as log:

@@ -284,7 +284,7 @@ def _first_extreme(scores: torch.Tensor, *, largest: bool) -> torch.Tensor:
 
 
 def _unit_rows(visual: torch.Tensor) -> torch.Tensor:
-    rows = visual.to(torch.float32)
+    rows = visual.detach().to(torch.float32)  # a selection has no gradient; numpy needs none
     return rows / rows.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
 
 
