@@ -30,8 +30,8 @@ loops pick the same tokens (up to float32 rounding where two values differ by TI
   set (the rows with the lowest bounds), and the other rows catch up in one mat-mul when a
   candidate's value reaches theirs: a mat-vec over all n rows is bound by memory bandwidth,
   a mat-mul is not (LLaVA-NeXT's n=2880, d=4096, l=288: 5x faster, benchmarks/select_bench.py).
-  Within a candidate set the loop runs in numpy (a call costs a tenth of torch's there), on
-  the candidates' cosine matrix when it is no larger than their rows.
+  Within a candidate set each pick's bookkeeping runs in numpy (on a few hundred values a
+  numpy call costs a tenth of a torch call); its mat-vec stays in torch.
 """
 
 from __future__ import annotations
